@@ -1,0 +1,115 @@
+"""The backend contract every engine module implements.
+
+Backends are plain synchronous Python: the gateway's pool owns the thread each
+instance runs on, so an engine never needs to know about asyncio or HTTP.
+Generation is an iterator of `Delta`s so that one code path serves streaming
+and non-streaming answers, and so that `cancelled()` can stop work between
+tokens when a client leaves.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+from schemas.manifest import ModelFormat, ModelSpec, ModelType
+
+Cancelled = Callable[[], bool]
+
+
+class BackendError(Exception):
+    """An engine failure that is the caller's fault (bad input), not a crash."""
+
+
+class LoadError(Exception):
+    """A model could not be loaded: wrong file, wrong format, missing engine."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    min_p: float = 0.05
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    grammar: str | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Delta:
+    """A piece of generated output. The last one carries finish_reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    logprobs: Any = None
+    tool_calls: list[dict] | None = None
+
+
+class Backend:
+    """Base class. Subclasses set `capabilities` and implement the matching methods."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, spec: ModelSpec, path: Path):
+        self.spec = spec
+        self.path = path
+
+    @classmethod
+    def load(cls, spec: ModelSpec, path: Path) -> "Backend":
+        return cls(spec, path)
+
+    def close(self) -> None:
+        """Free engine memory. Called on the backend's own thread."""
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    # Text generation: override in text backends.
+    def complete(self, prompt: str, params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
+        raise NotImplementedError
+
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, **extra: Any) -> Iterator[Delta]:
+        raise NotImplementedError
+
+
+# (type, format) -> "module:Class". Imported lazily so a missing optional engine
+# only fails the models that need it, with a clear message.
+REGISTRY: dict[tuple[ModelType, ModelFormat], str] = {
+    (ModelType.NLP, ModelFormat.gguf): "backends.llama:LlamaBackend",
+}
+
+
+def supported_pairs() -> list[tuple[ModelType, ModelFormat]]:
+    return list(REGISTRY)
+
+
+def backend_class(model_type: ModelType, model_format: ModelFormat) -> type[Backend]:
+    try:
+        target = REGISTRY[(model_type, model_format)]
+    except KeyError:
+        raise LoadError(f"no backend serves type {model_type.value} in format {model_format.value}") from None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LoadError(f"the engine for {model_type.value}/{model_format.value} is not installed: {exc}") from exc
+    return getattr(module, class_name)

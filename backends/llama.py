@@ -1,0 +1,198 @@
+"""GGUF text generation through llama-cpp-python.
+
+The token loop is ours (on top of `Llama.generate`), not `create_completion`,
+because a gateway needs three things llama-cpp-python's loop does not give in
+streaming mode: exact token counts, a cancellation check between tokens, and
+stop sequences that never leak a partial match to the client.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, Usage
+from schemas.manifest import Device, ModelSpec
+
+# Used when a GGUF carries no chat template (e.g. base models such as Gemma 3 270M).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _gpu_layers(spec: ModelSpec) -> int:
+    if spec.n_gpu_layers is not None:
+        return spec.n_gpu_layers
+    if spec.device == Device.cpu:
+        return 0
+    if spec.device == Device.auto:
+        import llama_cpp
+
+        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return -1
+
+
+class LlamaBackend(Backend):
+    capabilities = frozenset({"complete", "chat"})
+
+    def __init__(self, spec: ModelSpec, path: Path, llm: Any):
+        super().__init__(spec, path)
+        self.llm = llm
+        self._formatter = None
+
+    @classmethod
+    def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
+        if path.is_dir():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise LoadError(f"{path} is a folder with {len(ggufs)} .gguf files; name one with `file:`")
+            path = ggufs[0]
+        options = dict(spec.options)
+        options.pop("chat_template", None)
+        kwargs: dict[str, Any] = {
+            "model_path": str(path),
+            "n_ctx": spec.nctx,
+            "n_gpu_layers": _gpu_layers(spec),
+            "verbose": bool(options.pop("verbose", False)),
+        }
+        if spec.n_threads:
+            kwargs["n_threads"] = spec.n_threads
+        kwargs.update(options)
+        try:
+            llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise LoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
+        except TypeError as exc:
+            raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
+        return cls(spec, path, llm)
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "n_ctx": self.llm.n_ctx(),
+            "chat_template": "tokenizer.chat_template" in self.llm.metadata,
+            "architecture": self.llm.metadata.get("general.architecture"),
+        }
+
+    # -- prompts -------------------------------------------------------------
+
+    def _chat_formatter(self):
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = self.llm
+            template = self.spec.options.get("chat_template") or llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+            eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+            bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        return self._formatter
+
+    def render_chat(self, messages: list[dict], **template_vars: Any) -> str:
+        try:
+            return self._chat_formatter()(messages=messages, **template_vars).prompt
+        except Exception as exc:  # jinja raises many kinds; all mean "these messages do not fit the template"
+            raise BackendError(f"the model's chat template rejected these messages: {exc}") from exc
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    # -- generation ----------------------------------------------------------
+
+    def complete(self, prompt: str | list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
+        tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt, add_bos=True)
+        if not tokens:
+            raise BackendError("the prompt is empty")
+        return self.generate(tokens, params, cancelled)
+
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, **extra: Any) -> Iterator[Delta]:
+        prompt = self.render_chat(messages, **extra)
+        # The template already wrote BOS where the model wants it.
+        return self.generate(self.tokenize(prompt, add_bos=False, special=True), params, cancelled)
+
+    def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
+        import llama_cpp
+
+        llm = self.llm
+        n_ctx = llm.n_ctx()
+        if len(prompt_tokens) >= n_ctx:
+            raise BackendError(
+                f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's context of {n_ctx} tokens"
+            )
+        budget = min(params.max_tokens, n_ctx - len(prompt_tokens))
+        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        grammar = None
+        if params.grammar:
+            grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
+        stops = [s for s in params.stop if s]
+        holdback = max((len(s) for s in stops), default=1) - 1
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = llm._model.vocab
+        completion: list[int] = []
+        text, sent = "", 0
+        finish = "length"
+        tokens = llm.generate(
+            prompt_tokens,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
+            grammar=grammar,
+        )
+        try:
+            for token in tokens:
+                if cancelled():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                completion.append(token)
+                text += decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1]))
+                cut = _first_stop(text, stops, max(0, sent - holdback))
+                if cut is not None:
+                    text, finish = text[:cut], "stop"
+                    break
+                safe = len(text) - _partial_stop_len(text, stops)
+                if safe > sent:
+                    yield Delta(text=text[sent:safe])
+                    sent = safe
+                if len(completion) >= budget:
+                    finish = "length"
+                    break
+        finally:
+            tokens.close()
+        text += decoder.decode(b"", final=True) if finish != "stop" or not stops else ""
+        if len(text) > sent:
+            yield Delta(text=text[sent:])
+        yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)))
+
+
+def _first_stop(text: str, stops: list[str], start: int) -> int | None:
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _partial_stop_len(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop sequence."""
+    best = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[-size:]):
+                best = size
+                break
+    return best
+

@@ -1,0 +1,163 @@
+"""`nexa` command line. Flags never serve anything themselves: they only build a
+one-model manifest, which goes through the same validation and loading path as
+a manifest file. The CLI never reads standard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from gateway.config import ManifestError, build, load_file
+from gateway.hub import FetchError, fetch
+from gateway.logs import setup_logging
+from schemas.manifest import Manifest, ModelType
+
+MODEL_TYPES = [t.value for t in ModelType]
+log = logging.getLogger("nexa.cli")
+
+
+class UsageError(Exception):
+    """Flags that break the rules of SERVER-API.md."""
+
+
+def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="serve the models declared in this manifest")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexa", description="nexa gateway: serve local models behind an OpenAI-compatible API")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    server = commands.add_parser("server", help="serve one model (MODEL) or a manifest (-c FILE)",
+                                 description="Serve one model, or every model of a manifest. `nexa server onnx MODEL` "
+                                             "serves an ONNX model.")
+    server.add_argument("words", nargs="*", metavar="MODEL", help="[onnx] a catalog name, a local path (-lp) or a Hugging Face repo (-hf)")
+    _add_manifest_flags(server)
+    server.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local path; needs -mt")
+    server.add_argument("-mt", "--model_type", choices=MODEL_TYPES, type=str.upper,
+                        help="the model's type; needs -lp or -hf")
+    server.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (owner/repo[/file]); needs -mt")
+    server.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    server.add_argument("--port", type=int, help="port to bind (default 8000)")
+    server.add_argument("--reload", action="store_true", help="reload when the gateway's code changes")
+    server.add_argument("--nctx", type=int, help="context length of the model")
+    server.add_argument("--offline", action="store_true", help="never download; use only cached model files")
+
+    check = commands.add_parser("check", help="validate a manifest without serving it")
+    _add_manifest_flags(check)
+
+    pull = commands.add_parser("pull", help="fetch and verify every model a manifest (or MODEL) needs")
+    pull.add_argument("words", nargs="*", metavar="MODEL")
+    _add_manifest_flags(pull)
+    return parser
+
+
+def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
+    """Translate the original CLI's flags into a manifest with one model."""
+    words = list(args.words)
+    fmt = "gguf"
+    if len(words) == 2 and words[0].lower() == "onnx":
+        fmt, words = "onnx", words[1:]
+    if len(words) != 1:
+        raise UsageError("give exactly one MODEL (optionally after `onnx`), or -c FILE")
+    target = words[0]
+    if args.local_path and args.huggingface:
+        raise UsageError("-lp and -hf cannot be used together")
+    if args.local_path and not args.model_type:
+        raise UsageError("-lp/--local_path must be used with -mt/--model_type")
+    if args.huggingface and not args.model_type:
+        raise UsageError("-hf/--huggingface must be used with -mt/--model_type")
+    if args.model_type and not (args.local_path or args.huggingface):
+        raise UsageError("-mt/--model_type must be used with -lp/--local_path or -hf/--huggingface")
+    if args.nctx is not None and args.nctx <= 0:
+        raise UsageError("--nctx must be > 0")
+
+    model: dict[str, Any] = {"format": fmt, "preload": True}
+    if args.local_path:
+        path = Path(target).expanduser().resolve()
+        model.update(name=_name_from(path.stem if path.is_file() else path.name), source=str(path), type=args.model_type)
+    elif args.huggingface:
+        repo = target.removeprefix("hf:")
+        model.update(name=_name_from(repo.split("/")[1] if "/" in repo else repo), source=f"hf:{repo}", type=args.model_type)
+    else:
+        model.update(name=_name_from(target), source=target)
+        if fmt == "onnx":
+            model["type"] = "NLP"
+    if args.nctx is not None:
+        model["nctx"] = args.nctx
+    return {"models": [model]}
+
+
+def _name_from(text: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in text).strip("-._")
+    return cleaned or "model"
+
+
+def load_manifest(args: argparse.Namespace) -> Manifest:
+    if args.config and getattr(args, "words", None):
+        raise UsageError("give either MODEL or -c FILE, not both")
+    if args.config:
+        if getattr(args, "nctx", None) is not None:
+            raise UsageError("--nctx applies to a one-model server; set `nctx` per model in the manifest")
+        if getattr(args, "local_path", False) or getattr(args, "huggingface", False) or getattr(args, "model_type", None):
+            raise UsageError("-lp, -hf and -mt describe a single MODEL; they cannot be combined with -c")
+        manifest = load_file(args.config)
+    elif getattr(args, "words", None):
+        manifest = build(one_model_manifest(args), origin="command line")
+    else:
+        raise UsageError("give a MODEL (e.g. `nexa server smollm2`) or -c FILE")
+    overrides = {key: getattr(args, key, None) for key in ("host", "port")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "reload", False):
+        overrides["reload"] = True
+    if overrides:
+        data = manifest.model_dump(mode="json")
+        data["server"] = {**data["server"], **overrides}
+        manifest = build(data, origin="command line")
+    return manifest
+
+
+def fetch_all(manifest: Manifest, offline: bool = False) -> None:
+    for spec in manifest.models:
+        path = fetch(spec, offline=offline)
+        log.info("model %s: %s", spec.name, path, extra={"event": "model_file", "model": spec.name, "path": str(path)})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        manifest = load_manifest(args)
+        if args.command == "check":
+            names = ", ".join(spec.name for spec in manifest.models)
+            print(f"{args.config or 'manifest'}: ok ({len(manifest.models)} models: {names})")
+            return 0
+        setup_logging(manifest.server.log_level, manifest.server.log_format)
+        fetch_all(manifest, offline=getattr(args, "offline", False))
+        if args.command == "pull":
+            return 0
+        from gateway.servers.granian import serve
+
+        reload_paths = [str(Path(__file__).resolve().parent.parent)] if manifest.server.reload else None
+        serve(manifest, reload_paths=reload_paths)
+        return 0
+    except UsageError as exc:
+        parser.exit(2, f"nexa: error: {exc}\n")
+    except ManifestError as exc:
+        sys.stderr.write(f"nexa: invalid {exc.origin}:\n" + "".join(f"  {p}\n" for p in exc.problems))
+        return 2
+    except FetchError as exc:
+        sys.stderr.write(f"nexa: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

