@@ -6,14 +6,12 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
-
 from pydantic import ValidationError
 
 from backends.base import BackendError
 from gateway import routes
 from gateway.config import manifest_hash
-from gateway.http import HTTPError, Request, Response, Router, StreamResponse, json_response
+from gateway.http import HTTPError, Request, Response, Router, StreamResponse
 from gateway.pool import ModelHandle, ModelPool, ModelUnavailable
 from schemas.manifest import Manifest
 
@@ -62,8 +60,7 @@ class Gateway:
         for method, path, capability, handler in routes.ROUTES:
             if capability is None or capability in offered:
                 self.router.add(method, path, self._bind(handler))
-            else:
-                self._unserved[path] = capability
+        self._unserved = {path: cap for path, cap in routes.CAPABILITY_ROUTES.items() if cap not in offered}
 
     def _bind(self, handler):
         async def bound(request: Request):
@@ -139,10 +136,3 @@ class Gateway:
         return HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",
                          code="request_too_large").response()
 
-
-def build_gateway(manifest: Manifest) -> Gateway:
-    return Gateway(manifest)
-
-
-def describe(gw: Gateway) -> dict[str, Any]:
-    return {"manifest_hash": gw.manifest_hash, "models": {h.name: h.describe() for h in gw.pool}}

@@ -284,6 +284,20 @@ async def ready(gw: "Gateway", request: Request) -> Response:
                          200 if is_ready else 503)
 
 
+# Every model route of SERVER-API.md and OpenAI, with the capability it needs. A route
+# whose capability no declared model has answers 404 `route_not_served`.
+CAPABILITY_ROUTES = {
+    "/v1/completions": "complete",
+    "/v1/chat/completions": "chat",
+    "/v1/function-calling": "chat",
+    "/v1/embeddings": "embed",
+    "/v1/audio/transcriptions": "transcribe",
+    "/v1/audio/translations": "translate",
+    "/v1/txt2img": "txt2img",
+    "/v1/images/generations": "txt2img",
+    "/v1/img2img": "img2img",
+}
+
 # Route table: (method, path, capability needed or None, handler).
 ROUTES = [
     ("POST", "/v1/completions", "complete", completions),

@@ -1,0 +1,221 @@
+"""End to end: a real `nexa server` with the real SmolLM2 and Gemma files,
+spoken to with the official openai SDK and httpx over loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def client(text_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=text_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_chat_completion_is_a_full_openai_object(client):
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=12, temperature=0,
+    )
+    assert answer.object == "chat.completion"
+    assert answer.id.startswith("chatcmpl-")
+    assert answer.model == "smollm2"
+    assert answer.created > 1_700_000_000
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 5
+    assert 0 < answer.usage.completion_tokens <= 12
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+
+def test_alias_and_missing_model_pick_a_chat_model(client, text_server):
+    by_alias = client.chat.completions.create(
+        model="chat-default", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert by_alias.model == "smollm2"
+    # No `model` at all (the original server's clients never send one): the first model that can chat.
+    raw = httpx.post(text_server.url + "/v1/chat/completions",
+                     json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}, timeout=60)
+    assert raw.status_code == 200
+    assert raw.json()["model"] == "smollm2"
+
+
+def test_max_tokens_is_honoured_with_finish_reason_length(client):
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_tokens=7, temperature=0,
+    )
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == 7
+
+
+def test_greedy_generation_is_deterministic_and_seed_is_accepted(client):
+    kwargs = dict(model="smollm2", messages=[{"role": "user", "content": "Count: one, two,"}], max_tokens=10)
+    a = client.chat.completions.create(temperature=0, **kwargs).choices[0].message.content
+    b = client.chat.completions.create(temperature=0, **kwargs).choices[0].message.content
+    assert a == b
+    s1 = client.chat.completions.create(temperature=1.0, seed=42, **kwargs).choices[0].message.content
+    s2 = client.chat.completions.create(temperature=1.0, seed=42, **kwargs).choices[0].message.content
+    assert s1 == s2
+
+
+def test_whole_history_reaches_the_model(client):
+    system = {"role": "system", "content": "You are terse."}
+    last = {"role": "user", "content": "What did I just tell you?"}
+    alone = client.chat.completions.create(model="smollm2", messages=[system, last], max_tokens=1)
+    history = [
+        system,
+        {"role": "user", "content": "My favourite animal is the giant pacific octopus of the northern seas."},
+        {"role": "assistant", "content": "Noted: the giant pacific octopus."},
+        last,
+    ]
+    full = client.chat.completions.create(model="smollm2", messages=history, max_tokens=1)
+    # Every earlier turn is in the prompt (the original server used only the last message).
+    assert full.usage.prompt_tokens >= alone.usage.prompt_tokens + 25
+
+
+def test_stop_sequence_cuts_the_answer(client):
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8,"
+    free = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0)
+    assert " 10" in free.choices[0].text, free.choices[0].text
+    stopped = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0, stop=[" 10"])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert " 10" not in stopped.choices[0].text
+    assert free.choices[0].text.startswith(stopped.choices[0].text)
+
+
+def test_nexa_field_names_and_documented_result(text_server):
+    body = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "temperature": 0, "max_new_tokens": 12, "top_k": 50, "top_p": 1,
+            "stop_words": [" 10"], "stream": False}
+    answer = httpx.post(text_server.url + "/v1/completions", json=body, timeout=60).json()
+    assert answer["object"] == "text_completion"
+    assert answer["result"] == answer["choices"][0]["text"]
+    assert " 10" not in answer["result"]
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["usage"]["completion_tokens"] >= 1
+
+
+def test_chat_stream_is_standard_sse(client, text_server):
+    with httpx.stream("POST", text_server.url + "/v1/chat/completions", timeout=60, json={
+        "model": "smollm2", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "stream": True,
+        "stream_options": {"include_usage": True},
+    }) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = [e for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert content and all(isinstance(e["choices"][0]["delta"]["content"], str) for e in content)
+    finals = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] >= 1
+
+    # The SDK reads the same stream.
+    pieces = []
+    for chunk in client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, stream=True,
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    assert "".join(pieces).strip()
+
+
+def test_streamed_text_equals_the_non_streamed_text(client):
+    kwargs = dict(model="smollm2", prompt="The capital of France is", max_tokens=16, temperature=0)
+    whole = client.completions.create(**kwargs).choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs) if c.choices)
+    assert streamed == whole
+
+
+def test_gemma_serves_completions(client):
+    answer = client.completions.create(model="gemma", prompt="The first three planets are Mercury,",
+                                       max_tokens=8, temperature=0)
+    assert answer.model == "gemma"
+    assert answer.choices[0].text.strip()
+    assert answer.usage.completion_tokens >= 1
+
+
+def test_unknown_model_is_404_in_the_openai_envelope(client, text_server):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 404
+    error = info.value.response.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[1, 2]"])
+def test_bad_json_is_400(text_server, body):
+    response = httpx.post(text_server.url + "/v1/chat/completions", content=body,
+                          headers={"content-type": "application/json"}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_invalid_fields_are_400_with_the_param(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=[], max_tokens=5)
+    assert info.value.response.json()["error"]["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x"}], temperature=5)
+    assert info.value.response.json()["error"]["param"] == "temperature"
+
+
+def test_over_long_prompt_is_a_clear_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="gemma", prompt="word " * 3000, max_tokens=5)
+    assert "context" in info.value.response.json()["error"]["message"]
+
+
+def test_models_list_health_and_ready(client, text_server):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"smollm2", "gemma"}
+    raw = httpx.get(text_server.url + "/v1/models").json()
+    card = next(m for m in raw["data"] if m["id"] == "smollm2")
+    assert card["type"] == "NLP" and card["format"] == "gguf" and card["state"] == "ready"
+    assert card["aliases"] == ["chat-default"]
+    assert httpx.get(text_server.url + "/health").json() == {"status": "ok"}
+    ready = httpx.get(text_server.url + "/ready").json()
+    assert ready["ready"] is True and ready["models"] == {"smollm2": "ready", "gemma": "ready"}
+
+
+def test_unserved_and_unknown_routes(text_server):
+    embeddings = httpx.post(text_server.url + "/v1/embeddings", json={"input": "x"})
+    assert embeddings.status_code == 404
+    assert embeddings.json()["error"]["code"] == "route_not_served"
+    missing = httpx.get(text_server.url + "/v2/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+    wrong_method = httpx.get(text_server.url + "/v1/chat/completions")
+    assert wrong_method.status_code == 405
+
+
+def test_client_disconnect_frees_the_model(text_server):
+    """A client that leaves mid-stream must not keep the model busy."""
+    url = text_server.url + "/v1/completions"
+    body = {"model": "smollm2", "prompt": "Write a very long essay about the sea.", "max_tokens": 1500,
+            "temperature": 1.0, "stream": True}
+    started = time.monotonic()
+    received = 0
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                received += 1
+            if received >= 20:
+                break
+    rate = received / (time.monotonic() - started)  # tokens per second, measured here
+    left = time.monotonic()
+    quick = httpx.post(url, json={"model": "smollm2", "prompt": "Hello", "max_tokens": 2}, timeout=120)
+    waited = time.monotonic() - left
+    assert quick.status_code == 200
+    # Finishing the abandoned stream would take ~1480 more tokens; the next request must not wait for that.
+    remaining_time = (1500 - received) / rate
+    assert waited < remaining_time / 4, (waited, remaining_time)
