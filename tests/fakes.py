@@ -1,0 +1,44 @@
+"""A controllable fake engine for tests about the gateway rather than the engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterator
+
+from backends.base import Backend, Delta, LoadError, SamplingParams, Usage
+
+EVENTS: list[tuple[str, Any]] = []  # (what, detail) in the order things happened
+
+
+class FakeBackend(Backend):
+    """Emits `max_tokens` words, sleeping `options.delay` seconds per token."""
+
+    capabilities = frozenset({"complete", "chat"})
+
+    @classmethod
+    def load(cls, spec, path):
+        if spec.options.get("fail_load"):
+            raise LoadError("fake load failure")
+        time.sleep(float(spec.options.get("load_delay", 0)))
+        backend = cls(spec, path)
+        backend.thread = threading.current_thread().name
+        backend.produced = 0
+        return backend
+
+    def complete(self, prompt: Any, params: SamplingParams, cancelled) -> Iterator[Delta]:
+        EVENTS.append(("start", prompt))
+        delay = float(self.spec.options.get("delay", 0))
+        for i in range(params.max_tokens):
+            if cancelled():
+                EVENTS.append(("cancelled", prompt))
+                yield Delta(finish_reason="cancelled", usage=Usage(1, i))
+                return
+            time.sleep(delay)
+            self.produced += 1
+            yield Delta(text=f" w{i}")
+        EVENTS.append(("end", prompt))
+        yield Delta(finish_reason="length", usage=Usage(1, params.max_tokens))
+
+    def chat(self, messages, params, cancelled, **extra) -> Iterator[Delta]:
+        return self.complete(messages[-1]["content"], params, cancelled)
