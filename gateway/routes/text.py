@@ -7,15 +7,13 @@ engine either way.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from pydantic import BaseModel, ValidationError
-
 from backends.base import Delta, SamplingParams
 from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
+from gateway.routes.common import SSE_HEADERS, parse_body, sse
 from gateway.pool import ModelHandle
 from schemas.openai import (
     AssistantMessage,
@@ -28,25 +26,12 @@ from schemas.openai import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    ModelCard,
-    ModelList,
     SamplingFields,
     Usage,
 )
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
-
-
-def parse_body(model: type[BaseModel], request: Request) -> Any:
-    data = request.json_object()
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise HTTPError(400, f"Invalid value for '{param}': {err['msg']}" if param else err["msg"],
-                        param=param, code="invalid_value") from None
 
 
 def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None) -> SamplingParams:
@@ -76,14 +61,6 @@ def _usage(delta: Delta | None) -> Usage:
 
 def _finish(delta: Delta) -> str:
     return "stop" if delta.finish_reason == "cancelled" else (delta.finish_reason or "stop")
-
-
-def sse(data: Any) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode("utf-8")
-
-
-SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def start_stream(deltas: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
@@ -175,23 +152,27 @@ async def _closing(events: AsyncIterator[bytes], *inner: AsyncIterator[Any]) -> 
 
 
 def chat_messages(body: ChatRequest, handle: ModelHandle) -> list[dict[str, Any]]:
-    """Plain dicts for the chat template: the whole history, text parts joined."""
+    """Plain dicts for the chat template: the whole history.
+
+    For models with the "vision" capability, list content is passed through as
+    OpenAI-style part dicts; for text-only models the text parts are joined and
+    an image is a clear 400."""
+    vision = "vision" in handle.capabilities
     messages: list[dict[str, Any]] = []
     for index, message in enumerate(body.messages):
-        content = message.content
+        content: Any = message.content
         if isinstance(content, list):
-            texts = []
+            parts = []
             for part in content:
-                if part.type == "text":
-                    texts.append(part.text or "")
-                elif part.type in ("image_url", "input_image", "image"):
+                if part.type in ("image_url", "input_image", "image") and not vision:
                     raise HTTPError(400, f"Model {handle.name!r} is a text-only model and cannot read images; "
                                          "send images to a MULTIMODAL model.",
                                     param=f"messages[{index}].content", code="images_not_supported")
-                else:
+                if part.type not in ("text", "image_url", "input_image", "image"):
                     raise HTTPError(400, f"Unsupported content part type {part.type!r}.",
                                     param=f"messages[{index}].content", code="invalid_value")
-            content = "".join(texts)
+                parts.append(part.model_dump(exclude_none=True))
+            content = parts if vision else "".join(p.get("text") or "" for p in parts)
         item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
                                 "content": content or ""}
         for extra in ("name", "tool_calls", "tool_call_id"):
@@ -250,60 +231,7 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     return json_response(answer.model_dump(mode="json", exclude_none=False))
 
 
-# -- discovery -------------------------------------------------------------------------
-
-
-async def list_models(gw: "Gateway", request: Request) -> Response:
-    cards = [
-        ModelCard(id=h.name, created=gw.started, type=h.spec.type.value, format=h.spec.format.value,
-                  state=h.state.value, aliases=list(h.spec.aliases), capabilities=sorted(h.capabilities), error=h.error)
-        for h in gw.pool
-    ]
-    return json_response(ModelList(data=cards, manifest_hash=gw.manifest_hash).model_dump(mode="json"))
-
-
-async def get_model(gw: "Gateway", request: Request) -> Response:
-    handle = gw.pool.get(request.path_params["model"])
-    if handle is None:
-        raise HTTPError(404, f"The model {request.path_params['model']!r} does not exist.", param="model",
-                        code="model_not_found")
-    card = ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
-                     state=handle.state.value, aliases=list(handle.spec.aliases),
-                     capabilities=sorted(handle.capabilities), error=handle.error)
-    return json_response(card.model_dump(mode="json"))
-
-
-async def health(gw: "Gateway", request: Request) -> Response:
-    return json_response({"status": "ok"})
-
-
-async def ready(gw: "Gateway", request: Request) -> Response:
-    models = {h.name: h.state.value for h in gw.pool}
-    is_ready = gw.pool.is_ready()
-    return json_response({"ready": is_ready, "manifest_hash": gw.manifest_hash, "models": models},
-                         200 if is_ready else 503)
-
-
-# Every model route of SERVER-API.md and OpenAI, with the capability it needs. A route
-# whose capability no declared model has answers 404 `route_not_served`.
-CAPABILITY_ROUTES = {
-    "/v1/completions": "complete",
-    "/v1/chat/completions": "chat",
-    "/v1/function-calling": "chat",
-    "/v1/embeddings": "embed",
-    "/v1/audio/transcriptions": "transcribe",
-    "/v1/audio/translations": "translate",
-    "/v1/txt2img": "txt2img",
-    "/v1/images/generations": "txt2img",
-    "/v1/img2img": "img2img",
-}
-
-# Route table: (method, path, capability needed or None, handler).
 ROUTES = [
     ("POST", "/v1/completions", "complete", completions),
     ("POST", "/v1/chat/completions", "chat", chat_completions),
-    ("GET", "/v1/models", None, list_models),
-    ("GET", "/v1/models/{model}", None, get_model),
-    ("GET", "/health", None, health),
-    ("GET", "/ready", None, ready),
 ]
