@@ -62,6 +62,7 @@ class Delta:
     usage: Usage | None = None
     logprobs: Any = None
     tool_calls: list[dict] | None = None
+    stop_sequence: str | None = None  # which stop sequence ended generation, if one did
 
 
 class Backend:

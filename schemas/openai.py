@@ -82,7 +82,14 @@ class ChatRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Union[str, dict[str, Any], None] = None
+    functions: list[dict[str, Any]] | None = Field(None, description="deprecated OpenAI form of `tools`")
+    function_call: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool = False
+
+    @property
+    def legacy_functions(self) -> bool:
+        return bool(self.functions)
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 

@@ -190,7 +190,13 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     handle = gw.select_model(body.model, "chat", request.path)
     params = sampling(body, handle, default_max=None)
     messages = chat_messages(body, handle)
-    deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled))
+    tools, tool_choice = _tools_of(body)
+    options: dict[str, Any] = {}
+    if tools:
+        options.update(tools=tools, tool_choice=tool_choice)
+    if body.response_format:
+        options["response_format"] = body.response_format
+    deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, **options))
     first, deltas = await start_stream(deltas)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -208,6 +214,13 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
                 async for delta in _chain(first, deltas):
                     if delta.text:
                         yield chunk(ChunkDelta(content=delta.text))
+                    for index, call in enumerate(delta.tool_calls or []):
+                        # As OpenAI streams them: id, type and name first, then the arguments.
+                        head = {"index": index, "id": call["id"], "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""}}
+                        yield chunk(ChunkDelta(tool_calls=[head]))
+                        yield chunk(ChunkDelta(tool_calls=[{"index": index, "function": {
+                            "arguments": call["function"]["arguments"]}}]))
                     if delta.finish_reason:
                         yield chunk(ChunkDelta(), _finish(delta))
                         if include_usage:
@@ -223,15 +236,37 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     async for delta in _chain(first, deltas):
         text += delta.text
         last = delta if delta.finish_reason else last
+    calls = last.tool_calls if last is not None else None
+    message = AssistantMessage(content=None if calls else text, tool_calls=calls)
+    if calls and (body.legacy_functions or request.path == "/v1/function-calling"):
+        message.function_call = dict(calls[0]["function"])  # the pre-tools field some clients still read
     answer = ChatResponse(
         id=cid, created=created, model=handle.name,
-        choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=_finish(last) if last else "stop")],
+        choices=[ChatChoice(message=message, finish_reason=_finish(last) if last else "stop")],
         usage=_usage(last),
     )
-    return json_response(answer.model_dump(mode="json", exclude_none=False))
+    data = answer.model_dump(mode="json")
+    for choice in data["choices"]:
+        choice["message"] = {k: v for k, v in choice["message"].items() if v is not None or k == "content"}
+    return json_response(data)
+
+
+def _tools_of(body: ChatRequest) -> tuple[list[dict[str, Any]] | None, Any]:
+    """`tools`/`tool_choice`, or the older `functions`/`function_call` mapped onto them."""
+    if body.tools:
+        return body.tools, body.tool_choice
+    if body.functions:
+        choice = body.function_call
+        if isinstance(choice, dict):
+            choice = {"type": "function", "function": {"name": choice.get("name")}}
+        return [{"type": "function", "function": f} for f in body.functions], choice
+    if body.tool_choice not in (None, "none", "auto"):
+        raise HTTPError(400, "tool_choice needs `tools`.", param="tool_choice", code="invalid_value")
+    return None, None
 
 
 ROUTES = [
     ("POST", "/v1/completions", "complete", completions),
     ("POST", "/v1/chat/completions", "chat", chat_completions),
+    ("POST", "/v1/function-calling", "chat", chat_completions),
 ]

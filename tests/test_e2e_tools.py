@@ -1,0 +1,169 @@
+"""Function calling end to end with the real SmolLM2: /v1/chat/completions with tools and
+the original /v1/function-calling route. Arguments must validate against the schema."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+USER_DETAIL = {
+    "type": "function",
+    "function": {
+        "name": "UserDetail",
+        "parameters": {
+            "properties": {"name": {"description": "The user's name", "type": "string"},
+                           "age": {"description": "The user's age", "type": "integer"}},
+            "required": ["name", "age"],
+            "type": "object",
+        },
+    },
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"]},
+    },
+}
+TOOLS = [USER_DETAIL, WEATHER]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+EXTRACT = [{"role": "user", "content": "Extract Jason is 25 years old"}]
+
+
+@pytest.fixture(scope="module")
+def client(text_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=text_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def assert_valid_call(call, allowed=SCHEMAS):
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name in allowed
+    jsonschema.validate(json.loads(call.function.arguments), allowed[call.function.name])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_forced_call_returns_arguments_that_validate(client, seed):
+    answer = client.chat.completions.create(
+        model="smollm2", messages=EXTRACT, tools=TOOLS, temperature=0.8, seed=seed,
+        tool_choice={"type": "function", "function": {"name": "UserDetail"}},
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert len(choice.message.tool_calls) == 1
+    assert choice.message.tool_calls[0].function.name == "UserDetail"
+    assert_valid_call(choice.message.tool_calls[0])
+    assert answer.usage.completion_tokens > 0
+
+
+def test_required_picks_one_of_the_tools(client):
+    answer = client.chat.completions.create(model="smollm2", tool_choice="required", tools=TOOLS,
+                                            messages=[{"role": "user", "content": "Weather in Paris, in celsius?"}])
+    assert answer.choices[0].finish_reason == "tool_calls"
+    call = answer.choices[0].message.tool_calls[0]
+    assert_valid_call(call)
+    if call.function.name == "get_weather":
+        assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
+
+
+@pytest.mark.parametrize("content", ["Extract Jason is 25 years old", "Hello! How are you today?",
+                                     "What's the weather like in Berlin? Use celsius."])
+def test_auto_returns_a_valid_call_or_plain_content(client, content):
+    answer = client.chat.completions.create(model="smollm2", tools=TOOLS, tool_choice="auto", max_tokens=60,
+                                            messages=[{"role": "user", "content": content}])
+    message = answer.choices[0].message
+    if message.tool_calls:
+        assert answer.choices[0].finish_reason == "tool_calls"
+        for call in message.tool_calls:
+            assert_valid_call(call)
+    else:
+        assert answer.choices[0].finish_reason in ("stop", "length")
+        assert message.content and "<tool_call>" not in message.content
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_none_never_calls(client, seed):
+    answer = client.chat.completions.create(model="smollm2", tools=TOOLS, tool_choice="none", messages=EXTRACT,
+                                            max_tokens=30, seed=seed, temperature=0.8)
+    assert not answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason != "tool_calls"
+    assert answer.choices[0].message.content
+
+
+def test_streamed_tool_call_deltas(client):
+    stream = client.chat.completions.create(
+        model="smollm2", messages=EXTRACT, tools=TOOLS, stream=True,
+        tool_choice={"type": "function", "function": {"name": "UserDetail"}},
+    )
+    name, arguments, ids, finish = "", "", set(), None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or []:
+            assert call.index == 0
+            if call.id:
+                ids.add(call.id)
+            if call.function and call.function.name:
+                name += call.function.name
+            if call.function and call.function.arguments:
+                arguments += call.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and name == "UserDetail" and len(ids) == 1
+    jsonschema.validate(json.loads(arguments), SCHEMAS["UserDetail"])
+
+
+def test_the_original_function_calling_route(text_server):
+    """The request body exactly as SERVER-API.md shows it."""
+    body = {"messages": EXTRACT, "tools": [USER_DETAIL], "tool_choice": "required"}
+    answer = httpx.post(text_server.url + "/v1/function-calling", json=body, timeout=120).json()
+    assert answer["object"] == "chat.completion" and answer["model"] == "smollm2"
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["index"] == 0
+    message = choice["message"]
+    assert message["role"] == "assistant" and message["content"] is None
+    call = message["tool_calls"][0]
+    assert call["type"] == "function" and call["function"]["name"] == "UserDetail"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS["UserDetail"])
+    assert message["function_call"]["arguments"] == call["function"]["arguments"]
+    assert set(answer["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+
+
+def test_a_tool_result_round_trip(client):
+    first = client.chat.completions.create(model="smollm2", messages=[
+        {"role": "user", "content": "Weather in Oslo in celsius?"}], tools=TOOLS, tool_choice="required")
+    call = first.choices[0].message.tool_calls[0]
+    follow_up = client.chat.completions.create(model="smollm2", tools=TOOLS, tool_choice="none", max_tokens=20, messages=[
+        {"role": "user", "content": "Weather in Oslo in celsius?"},
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": -3})},
+    ])
+    assert follow_up.choices[0].message.content
+    assert follow_up.usage.prompt_tokens > first.usage.prompt_tokens - 200  # the history was rendered
+
+
+def test_json_response_format(client):
+    answer = client.chat.completions.create(model="smollm2", max_tokens=80, response_format={
+        "type": "json_schema", "json_schema": {"name": "cat", "schema": {
+            "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"]}}},
+        messages=[{"role": "user", "content": "Describe a cat as JSON."}])
+    data = json.loads(answer.choices[0].message.content)
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
+def test_bad_tool_choice_is_400(client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=EXTRACT, tools=TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=EXTRACT, tool_choice="required")
