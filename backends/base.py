@@ -96,6 +96,11 @@ class Backend:
 # only fails the models that need it, with a clear message.
 REGISTRY: dict[tuple[ModelType, ModelFormat], str] = {
     (ModelType.NLP, ModelFormat.gguf): "backends.llama:LlamaBackend",
+    (ModelType.AUDIO, ModelFormat.bin): "backends.whisper:WhisperBackend",
+    (ModelType.TEXT_EMBEDDING, ModelFormat.onnx): "backends.fastembed:FastembedBackend",
+    (ModelType.TEXT_EMBEDDING, ModelFormat.gguf): "backends.llama_embed:LlamaEmbedBackend",
+    (ModelType.COMPUTER_VISION, ModelFormat.gguf): "backends.diffusion:DiffusionBackend",
+    (ModelType.COMPUTER_VISION, ModelFormat.bin): "backends.diffusion:DiffusionBackend",  # .safetensors/.ckpt
 }
 
 
@@ -103,14 +108,28 @@ def supported_pairs() -> list[tuple[ModelType, ModelFormat]]:
     return list(REGISTRY)
 
 
+def backend_for(spec: ModelSpec) -> type[Backend]:
+    """The manifest's own `backend: module:Class` if given, else the registry's choice."""
+    if spec.backend:
+        return _import(spec.backend, f"backend {spec.backend}")
+    return backend_class(spec.type, spec.format)
+
+
 def backend_class(model_type: ModelType, model_format: ModelFormat) -> type[Backend]:
     try:
         target = REGISTRY[(model_type, model_format)]
     except KeyError:
         raise LoadError(f"no backend serves type {model_type.value} in format {model_format.value}") from None
+    return _import(target, f"the engine for {model_type.value}/{model_format.value}")
+
+
+def _import(target: str, what: str) -> type[Backend]:
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise LoadError(f"the engine for {model_type.value}/{model_format.value} is not installed: {exc}") from exc
-    return getattr(module, class_name)
+        raise LoadError(f"{what} is not installed: {exc}") from exc
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise LoadError(f"{what}: {module_name} has no {class_name}") from None

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
+
 from pydantic import ValidationError
 
 from backends.base import BackendError
-from gateway import routes
+from gateway import metrics, routes
 from gateway.config import manifest_hash
 from gateway.http import HTTPError, Request, Response, Router, StreamResponse
-from gateway.pool import ModelHandle, ModelPool, ModelUnavailable
+from gateway.plan import Plan
+from gateway.pool import ModelHandle, ModelPool, ModelState, ModelUnavailable
+from gateway.security import Authenticator, check_model, cors_headers, current_key, load_keys
 from schemas.manifest import Manifest
 
 log = logging.getLogger("nexa.gateway")
+
+# The model a request picked, for its log line and metrics labels.
+current_model: contextvars.ContextVar[str] = contextvars.ContextVar("nexa_model", default="")
 
 # Capability -> a phrase for error messages.
 CAPABILITY_NAMES = {
@@ -32,24 +39,36 @@ CAPABILITY_NAMES = {
 class Gateway:
     """Everything a server adapter needs: `startup`, `handle`, `shutdown`."""
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, reloader_options: dict | None = None):
         self.manifest = manifest
         self.manifest_hash = manifest_hash(manifest)
         self.started = int(time.time())
         self.pool: ModelPool | None = None
         self.router = Router()
+        self.auth = Authenticator(load_keys(manifest.server))
+        self.reloader = None
+        self._reloader_options = reloader_options
         self._unserved: dict[str, str] = {}
+        self._background: set[asyncio.Task] = set()
 
     # -- lifecycle -----------------------------------------------------------
 
     def startup(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = ModelPool(self.manifest.models, loop, self.manifest.server.stream_buffer)
+        self.pool = ModelPool(self.manifest.models, loop, self.manifest.server)
         self._wire_routes()
         self.pool.preload()
+        metrics.POOL.gateway = self
+        if self._reloader_options is not None:
+            from gateway.reload import Reloader
+
+            self.reloader = Reloader(self, **self._reloader_options)
+            self.reloader.start(loop)
         log.info("gateway ready to accept requests", extra={"event": "startup", "models": [h.name for h in self.pool],
                                                              "manifest_hash": self.manifest_hash})
 
     def shutdown(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
         if self.pool is not None:
             self.pool.close(timeout=self.manifest.server.shutdown_grace_s)
             log.info("models unloaded", extra={"event": "shutdown"})
@@ -57,9 +76,11 @@ class Gateway:
     def _wire_routes(self) -> None:
         """Wire only the routes some declared model can serve."""
         offered = set().union(*(h.capabilities for h in self.pool)) if self.pool.handles else set()
+        router = Router()
         for method, path, capability, handler in routes.ROUTES:
             if capability is None or capability in offered:
-                self.router.add(method, path, self._bind(handler))
+                router.add(method, path, self._bind(handler))
+        self.router = router
         self._unserved = {path: cap for path, cap in routes.CAPABILITY_ROUTES.items() if cap not in offered}
 
     def _bind(self, handler):
@@ -67,6 +88,53 @@ class Gateway:
             return await handler(self, request)
 
         return bound
+
+    # -- reload ----------------------------------------------------------------
+
+    async def apply(self, new: Manifest, plan: Plan) -> list[str]:
+        """Apply a manifest diff. Returns the models whose replacement failed (the old ones keep serving)."""
+        pool, specs, failed = self.pool, {m.name: m for m in new.models}, []
+        for name in plan.update:
+            pool.handles[name].spec = specs[name]
+        for name in plan.add:
+            handle = ModelHandle(specs[name], pool)
+            pool.handles[name] = handle
+            if handle.spec.preload:
+                handle.start_loading()
+        for name in plan.remove:
+            old = pool.handles.pop(name)
+            old.retired = True
+            self._in_background(old.unload("removed"))
+        replacements = await asyncio.gather(*(self._replace(pool.handles[n], specs[n]) for n in plan.replace))
+        failed = [name for name, ok in zip(plan.replace, replacements) if not ok]
+        pool.handles = {m.name: pool.handles[m.name] for m in new.models if m.name in pool.handles}
+        pool.reindex()
+        kept = [m if m.name not in failed else next(s for s in self.manifest.models if s.name == m.name)
+                for m in new.models]
+        self.manifest = new.model_copy(update={"models": kept})
+        self.manifest_hash = manifest_hash(self.manifest)
+        self._wire_routes()
+        return failed
+
+    async def _replace(self, old: ModelHandle, spec) -> bool:
+        """Load the new version beside the old one, then switch; requests never see a gap."""
+        new = ModelHandle(spec, self.pool)
+        if old.state in (ModelState.ready, ModelState.loading) or spec.preload:
+            await asyncio.shield(new.start_loading())
+            if new.state != ModelState.ready:
+                log.error("replacement of model %s failed, the old version keeps serving: %s", old.name, new.error,
+                          extra={"event": "replace_failed", "model": old.name})
+                return False
+        self.pool.handles[old.name] = new
+        self.pool.reindex()
+        old.retired, old.successor = True, new
+        self._in_background(old.unload("replaced"))
+        return True
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- model selection -----------------------------------------------------
 
@@ -81,9 +149,13 @@ class Gateway:
                 raise HTTPError(400, f"Model {name!r} ({handle.spec.type.value}) cannot serve "
                                      f"{CAPABILITY_NAMES.get(capability, capability)} at {path}.",
                                 param="model", code="model_not_capable")
+            check_model(handle.spec.names)
+            current_model.set(handle.name)
             return handle
         for handle in self.pool:
             if capability in handle.capabilities:
+                check_model(handle.spec.names)
+                current_model.set(handle.name)
                 return handle
         raise HTTPError(404, f"No model of this gateway serves {CAPABILITY_NAMES.get(capability, capability)}.",
                         code="model_not_found")
@@ -95,11 +167,13 @@ class Gateway:
         request.state["request_id"] = request_id
         started = time.perf_counter()
         try:
+            current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)
         except HTTPError as exc:
             response = exc.response()
         except ModelUnavailable as exc:
-            response = HTTPError(503, str(exc), code="model_unavailable", headers={"retry-after": "5"}).response()
+            response = HTTPError(exc.status, str(exc), code=exc.code,
+                                 headers={"retry-after": str(exc.retry_after)}).response()
         except BackendError as exc:
             response = HTTPError(400, str(exc), code="invalid_request").response()
         except ValidationError as exc:
@@ -110,11 +184,21 @@ class Gateway:
             response = HTTPError(500, "Internal server error; see the gateway log for request " + request_id,
                                  code="internal_error").response()
         response.headers["x-request-id"] = request_id
+        response.headers.update(cors_headers(request, self.manifest.server))
+        self._observe(request, response, started, request_id)
+        return response
+
+    def _observe(self, request: Request, response: Response | StreamResponse, started: float, request_id: str) -> None:
+        route = request.state.get("route", "unmatched")
+        model = current_model.get()
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.labels(route, model, str(response.status)).inc()
+        if not isinstance(response, StreamResponse):
+            metrics.LATENCY.labels(route).observe(elapsed)
         log.info("%s %s %s", request.method, request.path, response.status,
                  extra={"event": "request", "request_id": request_id, "method": request.method, "path": request.path,
-                        "status": response.status, "ms": round((time.perf_counter() - started) * 1000, 2),
+                        "status": response.status, "ms": round(elapsed * 1000, 2), "model": model,
                         "stream": isinstance(response, StreamResponse)})
-        return response
 
     async def _dispatch(self, request: Request) -> Response | StreamResponse:
         if request.method == "OPTIONS":
@@ -129,10 +213,10 @@ class Gateway:
                                 code="route_not_served") from None
             raise
         request.path_params = params
+        request.state["route"] = request.path if not params else request.path.rsplit("/", 1)[0] + "/{}"
         return await handler(request)
 
-    def too_large(self, size: int | None = None) -> Response:
+    def too_large(self) -> Response:
         limit = self.manifest.server.max_body_bytes
         return HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",
                          code="request_too_large").response()
-

@@ -43,7 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     server.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (owner/repo[/file]); needs -mt")
     server.add_argument("--host", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, help="port to bind (default 8000)")
-    server.add_argument("--reload", action="store_true", help="reload when the gateway's code changes")
+    server.add_argument("--reload", action="store_true",
+                        help="apply manifest (or model file) changes while serving, and restart on code changes")
     server.add_argument("--nctx", type=int, help="context length of the model")
     server.add_argument("--offline", action="store_true", help="never download; use only cached model files")
 
@@ -143,8 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from gateway.servers.granian import serve
 
-        reload_paths = [str(Path(__file__).resolve().parent.parent)] if manifest.server.reload else None
-        serve(manifest, reload_paths=reload_paths)
+        code = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "backends")]
+        watch_files = [] if args.config else [str(fetch(spec, offline=True)) for spec in manifest.models]
+        serve(manifest, manifest_path=args.config, watch_files=watch_files,
+              code_reload_paths=code if getattr(args, "reload", False) else None)
         return 0
     except UsageError as exc:
         parser.exit(2, f"nexa: error: {exc}\n")

@@ -186,7 +186,7 @@ def _semantic_problems(manifest: Manifest) -> list[str]:
                 problems.append(f"models[{index}].{field}: {name!r} is already used by models[{seen[name]}]")
             else:
                 seen[name] = index
-        if (spec.type, spec.format) not in REGISTRY:
+        if spec.backend is None and (spec.type, spec.format) not in REGISTRY:
             served = ", ".join(f"{t.value}/{f.value}" for t, f in REGISTRY)
             problems.append(
                 f"models[{index}].format: no backend serves type {spec.type.value} in format {spec.format.value} "

@@ -1,241 +1,330 @@
-"""The model pool: loads backends and runs all inference off the event loop.
+"""The model pool: loads backends, runs all inference off the event loop, and
+decides which models stay resident.
 
-Each loaded model owns one thread (llama.cpp and whisper contexts are not
-re-entrant), fed by a FIFO job queue, so requests to one model run in arrival
-order while the event loop stays free for health checks and other models.
-Streams cross from that thread to the event loop through a small bounded
-`Channel`: the engine can run at most a few tokens ahead of the client, and a
-client that leaves closes the channel, which stops generation at the next token.
+Each engine instance (replica) owns one thread, because llama.cpp and whisper
+contexts are not re-entrant; the replicas of a model pull from one FIFO queue,
+so requests run in arrival order while the event loop stays free for health
+checks and other models. Streams cross from that thread to the event loop
+through a small bounded `Channel` (gateway.channel): the engine runs at most a
+few tokens ahead of the client, and a client that leaves stops generation at
+the next token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from backends.base import Backend, LoadError, backend_class
-from gateway import hub
-from schemas.manifest import ModelSpec
+from backends.base import Backend, LoadError, backend_for
+from gateway import hub, metrics
+from gateway.channel import Channel
+from schemas.manifest import ModelSpec, ServerSettings
 
 log = logging.getLogger("nexa.pool")
-
-_END = object()
 
 
 class ModelState(str, Enum):
     unloaded = "unloaded"
     loading = "loading"
     ready = "ready"
+    unloading = "unloading"
     failed = "failed"
 
 
 class ModelUnavailable(Exception):
-    """The model could not be loaded; the request gets a 503."""
+    """The model cannot take the request now: answered 503 (or 429) with Retry-After."""
 
-
-class Channel:
-    """A bounded hand-off from one producer thread to one asyncio consumer."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int = 4):
-        self._loop = loop
-        self._maxsize = maxsize
-        self._items: deque[tuple[str, Any]] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._ready = asyncio.Event()
-
-    # producer side (engine thread)
-    def put(self, kind: str, value: Any = None) -> bool:
-        """Block while the buffer is full. Returns False once the consumer has gone."""
-        with self._cond:
-            while len(self._items) >= self._maxsize and not self._closed and kind == "item":
-                self._cond.wait(0.05)
-            if self._closed:
-                return False
-            self._items.append((kind, value))
-        self._loop.call_soon_threadsafe(self._ready.set)
-        return True
-
-    def closed(self) -> bool:
-        return self._closed
-
-    # consumer side (event loop)
-    async def get(self) -> tuple[str, Any]:
-        while True:
-            with self._cond:
-                if self._items:
-                    item = self._items.popleft()
-                    self._cond.notify_all()
-                    return item
-                self._ready.clear()
-            await self._ready.wait()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._items.clear()
-            self._cond.notify_all()
+    def __init__(self, message: str, *, status: int = 503, retry_after: float = 5, code: str = "model_unavailable"):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = max(1, math.ceil(retry_after))
+        self.code = code
 
 
 @dataclass
 class _Job:
-    work: Callable[[Backend], Any]
+    work: Callable[..., Any]
+    deadline: float
     future: asyncio.Future | None = None
     channel: Channel | None = None
     enqueued: float = field(default_factory=time.monotonic)
 
 
 class ModelHandle:
-    """One declared model: its spec, state, thread and job queue."""
+    """One declared model: its spec, state, replicas and their shared job queue."""
 
-    def __init__(self, spec: ModelSpec, loop: asyncio.AbstractEventLoop, stream_buffer: int = 4):
+    def __init__(self, spec: ModelSpec, pool: "ModelPool"):
         self.spec = spec
+        self.pool = pool
         self.state = ModelState.unloaded
         self.error: str | None = None
-        self.capabilities: frozenset[str] = frozenset()
         self.load_seconds: float | None = None
+        self.size_bytes = 0
         self.last_used = time.monotonic()
-        self._loop = loop
-        self._stream_buffer = stream_buffer
+        self.admitted = 0  # requests waiting or running
+        self.running = 0
+        self.submitted = 0  # jobs handed to the replicas and not finished
+        self.retired = False  # removed or replaced by a reload
+        self.successor: ModelHandle | None = None
+        self.generation = 0  # bumps on every load, so stale replica threads know they are stale
+        self._avg_seconds = 1.0
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._loaded: asyncio.Future | None = None
-        self.backend: Backend | None = None
-        self.in_flight = 0
+        self._unloaded: asyncio.Event = asyncio.Event()
+        self.backends: list[Backend] = []
         try:
-            self.capabilities = backend_class(spec.type, spec.format).capabilities
+            self.capabilities = backend_for(spec).capabilities
         except LoadError as exc:
+            self.capabilities = frozenset()
             self.error = str(exc)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    def queue_depth(self) -> int:
-        return self._jobs.qsize()
+    @property
+    def backend(self) -> Backend | None:
+        return self.backends[0] if self.backends else None
 
-    # -- loading -------------------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.pool.loop
+
+    def idle(self) -> bool:
+        return self.admitted == 0 and self._jobs.qsize() == 0
+
+    def queue_depth(self) -> int:
+        return max(0, self.admitted - self.running)
+
+    # -- loading and unloading ----------------------------------------------------
 
     def start_loading(self) -> asyncio.Future:
+        """Start the replica threads; each loads its own engine instance, then serves jobs."""
         if self._loaded is None:
             self.state = ModelState.loading
-            self._loaded = self._loop.create_future()
-            self._thread = threading.Thread(target=self._run, name=f"model-{self.name}", daemon=True)
-            self._thread.start()
+            self.error = None
+            self.generation += 1
+            self._loaded = self.loop.create_future()
+            self._unloaded.clear()
+            self._jobs = queue.Queue()
+            self.backends = []
+            started = time.monotonic()
+            results: list[BaseException | None] = []
+            lock = threading.Lock()
+
+            def reported(outcome: BaseException | None) -> None:
+                with lock:
+                    results.append(outcome)
+                    done = len(results) == self.spec.replicas
+                if done:
+                    self.loop.call_soon_threadsafe(self._finish_loading, results, time.monotonic() - started)
+
+            self._threads = [
+                threading.Thread(target=self._replica, args=(i, self._jobs, reported), daemon=True,
+                                 name=f"model-{self.name}" + (f"-{i}" if self.spec.replicas > 1 else ""))
+                for i in range(self.spec.replicas)
+            ]
+            for thread in self._threads:
+                thread.start()
         return self._loaded
 
+    def _finish_loading(self, results: list[BaseException | None], seconds: float) -> None:
+        failures = [r for r in results if r is not None]
+        if failures:
+            self.error = str(failures[0]) or type(failures[0]).__name__
+            self.state = ModelState.failed
+            log.error("model %s failed to load: %s", self.name, self.error,
+                      extra={"event": "model_failed", "model": self.name})
+            for _ in self._threads:
+                self._jobs.put(None)  # the healthy replicas close their engines
+            metrics.LOADS.labels(self.name, "failed").inc()
+        else:
+            self.state = ModelState.ready
+            self.load_seconds = seconds
+            self.last_used = time.monotonic()
+            metrics.LOADS.labels(self.name, "ok").inc()
+            metrics.LOAD_SECONDS.labels(self.name).observe(seconds)
+            log.info("loaded model %s in %.2fs", self.name, seconds,
+                     extra={"event": "model_loaded", "model": self.name, "seconds": round(seconds, 3),
+                            "replicas": self.spec.replicas})
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(None)
+
+    def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
+        backend: Backend | None = None
+        try:
+            path = Path(hub.fetch(self.spec))
+            self.size_bytes = _size_of(path)
+            backend = backend_for(self.spec).load(self.spec, path)
+            self.backends.append(backend)
+        except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
+            reported(exc)
+        else:
+            reported(None)
+        while True:
+            job = jobs.get()
+            if job is None:
+                break
+            if backend is None or self.state == ModelState.failed:
+                _fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
+                continue
+            self._execute(backend, job)
+        if backend is not None:
+            backend.close()
+
     async def ready(self) -> None:
-        if self.state == ModelState.ready:
-            return
-        await asyncio.shield(self.start_loading())
+        if self.state == ModelState.ready or self.retired:
+            return  # a retired handle's callers move on to its successor
+        if self.state == ModelState.unloading:
+            await self._unloaded.wait()
+        if self.state in (ModelState.unloaded, ModelState.failed) and self._loaded is None:
+            await self.pool.make_room(self)
+            self.start_loading()
+        await asyncio.shield(self._loaded)
         if self.state != ModelState.ready:
             raise ModelUnavailable(f"model {self.name!r} failed to load: {self.error}")
 
-    def _load(self) -> Backend:
-        started = time.monotonic()
-        path = hub.fetch(self.spec)
-        backend = backend_class(self.spec.type, self.spec.format).load(self.spec, Path(path))
-        self.load_seconds = time.monotonic() - started
-        log.info("loaded model %s in %.2fs", self.name, self.load_seconds,
-                 extra={"event": "model_loaded", "model": self.name, "seconds": round(self.load_seconds, 3)})
-        return backend
-
-    def _run(self) -> None:
-        """The model's own thread: load, then execute jobs in FIFO order until told to stop."""
-        try:
-            self.backend = self._load()
-            self.capabilities = self.backend.capabilities
-            self.state = ModelState.ready
-        except Exception as exc:  # noqa: BLE001 - every load failure becomes a model state
-            self.state = ModelState.failed
-            self.error = str(exc) or type(exc).__name__
-            log.error("model %s failed to load: %s", self.name, self.error,
-                      extra={"event": "model_failed", "model": self.name})
-        self._loop.call_soon_threadsafe(_set_result, self._loaded, None)
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                break
-            if self.backend is None:
-                self._fail(job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
-                continue
-            self._execute(job)
-        if self.backend is not None:
-            try:
-                self.backend.close()
-            finally:
-                self.backend = None
-                self.state = ModelState.unloaded
-
-    def _fail(self, job: _Job, exc: Exception) -> None:
-        if job.future is not None:
-            self._loop.call_soon_threadsafe(_set_exception, job.future, exc)
-        elif job.channel is not None:
-            job.channel.put("error", exc)
-
-    def _execute(self, job: _Job) -> None:
-        if job.future is not None:
-            if job.future.cancelled():
-                return  # the client left while queued
-            try:
-                result = job.work(self.backend)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
-                self._loop.call_soon_threadsafe(_set_exception, job.future, exc)
-            else:
-                self._loop.call_soon_threadsafe(_set_result, job.future, result)
+    async def unload(self, reason: str = "unload") -> None:
+        """Let queued and running work finish, then free the engines."""
+        if self._loaded is None:
             return
-        channel = job.channel
-        if channel.closed():
+        if not self._loaded.done():
+            await asyncio.shield(self._loaded)
+        self.state = ModelState.unloading  # from here on, new requests wait (or go to the successor)
+        while self.submitted:
+            await asyncio.sleep(0.02)
+        threads, self._loaded = self._threads, None
+        for _ in threads:
+            self._jobs.put(None)
+        await asyncio.to_thread(_join, threads)
+        self.backends = []
+        if self.state == ModelState.unloading:
+            self.state = ModelState.unloaded
+        self._unloaded.set()
+        metrics.UNLOADS.labels(self.name, reason).inc()
+        log.info("unloaded model %s (%s)", self.name, reason, extra={"event": "model_unloaded", "model": self.name,
+                                                                     "reason": reason})
+
+    def retry(self) -> None:
+        """A failed model may be loaded again by the next request (e.g. after its file was fixed)."""
+        if self.state == ModelState.failed:
+            self._loaded = None
+
+    # -- running --------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        limit = self.spec.max_queue + self.spec.replicas
+        if self.admitted >= limit:
+            wait = self._avg_seconds * (self.queue_depth() + 1) / self.spec.replicas
+            if self.state == ModelState.loading:
+                raise ModelUnavailable(f"model {self.name!r} is loading and its queue is full", retry_after=wait)
+            raise ModelUnavailable(f"model {self.name!r} is busy: {self.admitted} requests are queued or running "
+                                   f"(limit {limit}); retry later", status=429, retry_after=wait, code="queue_full")
+        self.admitted += 1
+
+    def _release(self, started: float, submitted: bool = False) -> None:
+        self.admitted -= 1
+        if submitted:
+            self.submitted -= 1
+        self.last_used = time.monotonic()
+        self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (self.last_used - started)
+
+    def _execute(self, backend: Backend, job: _Job) -> None:
+        if time.monotonic() > job.deadline:
+            _fail(self.loop, job, ModelUnavailable(
+                f"model {self.name!r}: the request waited longer than {self.spec.queue_timeout_s:g}s in the queue",
+                retry_after=self._avg_seconds, code="queue_timeout"))
             return
-        iterator: Iterator[Any] | None = None
+        self.running += 1
         try:
-            iterator = job.work(self.backend, channel.closed)
-            for item in iterator:
-                if not channel.put("item", item):
-                    break
-            else:
-                channel.put("end")
-        except BaseException as exc:  # noqa: BLE001
-            channel.put("error", exc)
+            if job.future is not None:
+                if not job.future.cancelled():
+                    _settle(self.loop, job.future, job.work, backend)
+                return
+            _pump(job.channel, job.work, backend)
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+            self.running -= 1
 
-    # -- running -------------------------------------------------------------
+    def _submit(self, job: _Job) -> None:
+        if not any(t.is_alive() for t in self._threads):
+            raise ModelUnavailable(f"model {self.name!r} is not running")
+        self.submitted += 1
+        self._jobs.put(job)
+
+    def current(self) -> "ModelHandle":
+        """The handle that serves new requests: a replaced model hands them to its successor."""
+        handle = self
+        while handle.retired:
+            if handle.successor is None:
+                raise ModelUnavailable(f"model {self.name!r} was removed from the manifest", status=404,
+                                       code="model_not_found")
+            handle = handle.successor
+        return handle
 
     async def call(self, work: Callable[[Backend], Any]) -> Any:
-        """Run `work(backend)` on the model thread and return its result."""
-        await self.ready()
-        future = self._loop.create_future()
-        self._submit(_Job(work, future=future))
-        self.in_flight += 1
+        """Run `work(backend)` on a replica thread and return its result."""
+        target = self.current()
+        if target is not self:
+            return await target.call(work)
+        self._admit()
+        started = time.monotonic()
+        submitted = False
         try:
-            return await future
+            await self.ready()
+            if self.retired:
+                return await self.current().call(work)
+            future = self.loop.create_future()
+            self._submit(_Job(work, started + self.spec.queue_timeout_s, future=future))
+            submitted = True
+            timeout = self.spec.timeout_s
+            try:
+                return await (asyncio.wait_for(asyncio.shield(future), timeout) if timeout else future)
+            except asyncio.TimeoutError:
+                future.cancel()
+                raise ModelUnavailable(f"model {self.name!r} did not answer within {timeout:g}s", status=504,
+                                       code="timeout") from None
         finally:
-            self.in_flight -= 1
-            self.last_used = time.monotonic()
+            self._release(started, submitted)
 
     async def stream(self, work: Callable[[Backend, Callable[[], bool]], Iterator[Any]]) -> AsyncIterator[Any]:
-        """Run a generator on the model thread, yielding its items here as they arrive.
+        """Run a generator on a replica thread, yielding its items here as they arrive.
 
         `work(backend, cancelled)` should check `cancelled()` between steps; it turns
         true as soon as the consumer stops listening."""
-        await self.ready()
-        channel = Channel(self._loop, self._stream_buffer)
-        self._submit(_Job(work, channel=channel))
-        self.in_flight += 1
+        target = self.current()
+        if target is not self:
+            async for item in target.stream(work):
+                yield item
+            return
+        self._admit()
+        started = time.monotonic()
+        channel = Channel(self.loop, self.pool.stream_buffer)
+        submitted = False
         try:
+            await self.ready()
+            if self.retired:
+                async for item in self.current().stream(work):
+                    yield item
+                return
+            self._submit(_Job(work, started + self.spec.queue_timeout_s, channel=channel))
+            submitted = True
+            deadline = started + self.spec.timeout_s if self.spec.timeout_s else None
             while True:
-                kind, value = await channel.get()
+                try:
+                    get = channel.get()
+                    kind, value = await (asyncio.wait_for(get, deadline - time.monotonic()) if deadline else get)
+                except asyncio.TimeoutError:
+                    raise ModelUnavailable(f"model {self.name!r}: the request ran longer than "
+                                           f"{self.spec.timeout_s:g}s", status=504, code="timeout") from None
                 if kind == "item":
                     yield value
                 elif kind == "end":
@@ -243,29 +332,47 @@ class ModelHandle:
                 else:
                     raise value
         finally:
-            channel.close()  # stops the producer at its next token if we leave early
-            self.in_flight -= 1
-            self.last_used = time.monotonic()
-
-    def _submit(self, job: _Job) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            raise ModelUnavailable(f"model {self.name!r} is not running")
-        self._jobs.put(job)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish queued work, then unload. Blocks: call from a thread, not the loop."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(timeout)
+            channel.close()  # stops the producer at its next step if we leave early
+            self._release(started, submitted)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "error": self.error,
-            "queue_depth": self.queue_depth(),
-            "in_flight": self.in_flight,
-            "load_seconds": self.load_seconds,
-        }
+        return {"state": self.state.value, "error": self.error, "queue_depth": self.queue_depth(),
+                "running": self.running, "replicas": self.spec.replicas, "load_seconds": self.load_seconds}
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callable, backend: Backend) -> None:
+    try:
+        result = work(backend)
+    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+        loop.call_soon_threadsafe(_set_exception, future, exc)
+    else:
+        loop.call_soon_threadsafe(_set_result, future, result)
+
+
+def _pump(channel: Channel, work: Callable, backend: Backend) -> None:
+    if channel.closed():
+        return
+    iterator = None
+    try:
+        iterator = work(backend, channel.closed)
+        for item in iterator:
+            if not channel.put("item", item):
+                break
+        else:
+            channel.put("end")
+    except BaseException as exc:  # noqa: BLE001
+        channel.put("error", exc)
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _fail(loop: asyncio.AbstractEventLoop, job: _Job, exc: Exception) -> None:
+    if job.future is not None:
+        loop.call_soon_threadsafe(_set_exception, job.future, exc)
+    elif job.channel is not None:
+        job.channel.put("error", exc)
 
 
 def _set_result(future: asyncio.Future | None, value: Any) -> None:
@@ -278,33 +385,103 @@ def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-class ModelPool:
-    """Every model of the active manifest, addressable by name or alias."""
+def _join(threads: list[threading.Thread], timeout: float | None = None) -> None:
+    for thread in threads:
+        thread.join(timeout)
 
-    def __init__(self, specs: list[ModelSpec], loop: asyncio.AbstractEventLoop, stream_buffer: int = 4):
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class ModelPool:
+    """Every model of the active manifest, addressable by name or alias, with residency limits."""
+
+    def __init__(self, specs: list[ModelSpec], loop: asyncio.AbstractEventLoop, settings: ServerSettings | None = None):
         self.loop = loop
+        self.settings = settings or ServerSettings.model_construct()
+        self.stream_buffer = getattr(self.settings, "stream_buffer", 4)
         self.handles: dict[str, ModelHandle] = {}
         self._by_name: dict[str, ModelHandle] = {}
+        self._room = asyncio.Lock()
+        self._janitor: asyncio.Task | None = None
         for spec in specs:
-            handle = ModelHandle(spec, loop, stream_buffer)
-            self.handles[spec.name] = handle
-            for name in spec.names:
-                self._by_name[name] = handle
+            self.handles[spec.name] = ModelHandle(spec, self)
+        self.reindex()
+
+    def reindex(self) -> None:
+        self._by_name = {name: h for h in self.handles.values() for name in h.spec.names}
 
     def get(self, name: str) -> ModelHandle | None:
         return self._by_name.get(name)
 
     def __iter__(self) -> Iterator[ModelHandle]:
-        return iter(self.handles.values())
+        return iter(list(self.handles.values()))
+
+    def loaded(self) -> list[ModelHandle]:
+        return [h for h in self if h.state in (ModelState.ready, ModelState.loading)]
 
     def preload(self) -> None:
         for handle in self:
             if handle.spec.preload:
                 handle.start_loading()
+        if self._janitor is None:
+            self._janitor = self.loop.create_task(self._expire_idle())
 
     def is_ready(self) -> bool:
         return all(h.state == ModelState.ready for h in self if h.spec.preload)
 
+    async def make_room(self, incoming: ModelHandle) -> None:
+        """Evict least-recently-used idle, unpinned models until `incoming` fits. Busy models are never evicted."""
+        max_loaded = getattr(self.settings, "max_loaded", None)
+        budget = getattr(self.settings, "memory_budget", None)
+        if not max_loaded and not budget:
+            return
+        async with self._room:
+            need = incoming.size_bytes or await asyncio.to_thread(_estimate, incoming.spec)
+            while True:
+                others = [h for h in self.loaded() if h is not incoming]
+                used = sum(h.size_bytes for h in others)
+                over_count = max_loaded is not None and len(others) + 1 > max_loaded
+                over_bytes = budget is not None and used + need > budget
+                if not over_count and not over_bytes:
+                    return
+                victims = sorted((h for h in others if not h.spec.pinned and h.idle() and h.state == ModelState.ready),
+                                 key=lambda h: h.last_used)
+                if not victims:
+                    raise ModelUnavailable(f"no room to load model {incoming.name!r}: every loaded model is busy or "
+                                           "pinned (server.max_loaded / server.memory_budget)", retry_after=5,
+                                           code="no_capacity")
+                await victims[0].unload("evicted")
+
+    async def _expire_idle(self) -> None:
+        """Unload models idle for longer than their `ttl_s`."""
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for handle in self:
+                ttl = handle.spec.ttl_s
+                if ttl and handle.state == ModelState.ready and handle.idle() and now - handle.last_used > ttl:
+                    await handle.unload("ttl")
+
+    async def aclose(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+        await asyncio.gather(*(h.unload("shutdown") for h in self), return_exceptions=True)
+
     def close(self, timeout: float | None = None) -> None:
+        """Synchronous shutdown for servers whose loop has already stopped."""
         for handle in self:
-            handle.stop(timeout)
+            threads = handle._threads
+            for _ in threads:
+                handle._jobs.put(None)
+            _join(threads, timeout)
+
+
+def _estimate(spec: ModelSpec) -> int:
+    try:
+        return _size_of(Path(hub.fetch(spec, offline=True)))
+    except (hub.FetchError, OSError):
+        return 0

@@ -11,7 +11,7 @@ import re
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
@@ -40,6 +40,21 @@ class Device(str, Enum):
     vulkan = "vulkan"
 
 
+class ApiKey(BaseModel):
+    """An API key, optionally limited to some models (names or aliases)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=8)
+    models: list[str] | None = None
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"key": value} if isinstance(value, str) else value
+
+
 class ServerSettings(BaseSettings):
     """The `server:` section. `NEXA_*` environment variables win over the file,
     so one manifest in git can be deployed with per-machine ports and hosts."""
@@ -53,8 +68,36 @@ class ServerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_audio_bytes: int = Field(25 * 1024 * 1024, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
     stream_buffer: int = Field(4, ge=1, le=256)
+    # Residency: how many models (and how many bytes of model files) may be loaded at once.
+    max_loaded: int | None = Field(None, gt=0)
+    memory_budget: ByteSize | None = Field(None, description="e.g. 8GiB; estimated from model file sizes")
+    # Security
+    api_keys: list[ApiKey] = Field(default_factory=list, description="empty: no authentication")
+    api_keys_file: str | None = Field(None, description="one key per line, or `key model1,model2`")
+    cors_origins: list[str] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    reload_debounce_ms: int = Field(300, ge=0)
+    # Images: `image_path` in /v1/img2img is read only inside these folders (none: base64 only);
+    # generated images are written to image_output_dir (default: <nexa cache>/outputs).
+    image_input_dirs: list[str] = Field(default_factory=list)
+    image_output_dir: str | None = None
+
+    @field_validator("image_input_dirs", "image_output_dir")
+    @classmethod
+    def _absolute_dirs(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value] if value else []:
+            if not item.startswith(("/", "~")) and not re.match(r"^[A-Za-z]:[\\/]", item):
+                raise ValueError(f"{item!r} must be an absolute path (or start with ~)")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> "ServerSettings":
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError("cors_origins cannot contain '*' when cors_allow_credentials is true; list the origins")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -84,6 +127,14 @@ class ModelSpec(BaseModel):
     system_prompt: str | None = None
     preload: bool = Field(False, description="load at start; otherwise on the first request")
     max_tokens_limit: int = Field(4096, gt=0)
+    # Residency and concurrency
+    pinned: bool = Field(False, description="never evicted to make room for another model")
+    ttl_s: float | None = Field(None, gt=0, description="unload after this many idle seconds")
+    replicas: int = Field(1, ge=1, le=64, description="engine instances; each has its own thread")
+    max_queue: int = Field(64, ge=0, description="requests waiting beyond the running ones; more get a 429")
+    queue_timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float | None = Field(None, gt=0, description="longest a request may generate")
+    backend: str | None = Field(None, description="module:Class of a custom engine, instead of the registry's")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options passed to the backend")
 
     @field_validator("aliases")

@@ -14,7 +14,9 @@ import backends.base as base
 from gateway.app import Gateway
 from gateway.config import build
 from gateway.http import Request
-from gateway.pool import Channel, ModelPool, ModelState, ModelUnavailable
+from gateway.channel import Channel
+from gateway.pool import ModelPool, ModelState, ModelUnavailable
+from schemas.manifest import ServerSettings
 from tests import fakes
 from schemas.manifest import ModelFormat, ModelType
 
@@ -71,7 +73,7 @@ def test_requests_to_one_model_run_in_arrival_order():
 def test_a_consumer_that_leaves_stops_generation_within_a_few_tokens():
     async def main():
         pool = ModelPool(manifest({"name": "a", "options": {"delay": 0.005}}).models, asyncio.get_running_loop(),
-                         stream_buffer=2)
+                         ServerSettings(stream_buffer=2))
         handle = pool.get("a")
         await handle.ready()
         params = base.SamplingParams(max_tokens=10_000)
@@ -94,7 +96,7 @@ def test_a_consumer_that_leaves_stops_generation_within_a_few_tokens():
 
 def test_the_engine_never_runs_more_than_the_buffer_ahead_of_a_slow_consumer():
     async def main():
-        pool = ModelPool(manifest({"name": "a"}).models, asyncio.get_running_loop(), stream_buffer=3)
+        pool = ModelPool(manifest({"name": "a"}).models, asyncio.get_running_loop(), ServerSettings(stream_buffer=3))
         handle = pool.get("a")
         await handle.ready()
         params = base.SamplingParams(max_tokens=1000)

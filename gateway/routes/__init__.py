@@ -6,9 +6,9 @@ A handler is `async def handler(gateway, request) -> Response | StreamResponse`.
 
 from __future__ import annotations
 
-from gateway.routes import discovery, text
+from gateway.routes import admin, discovery, text
 
-MODULES = [text, discovery]
+MODULES = [text, discovery, admin]
 
 ROUTES = [route for module in MODULES for route in module.ROUTES]
 

@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
@@ -21,6 +23,9 @@ from schemas.manifest import Manifest
 log = logging.getLogger("nexa.granian")
 
 MANIFEST_ENV = "NEXA_MANIFEST_JSON"
+MANIFEST_PATH_ENV = "NEXA_MANIFEST_PATH"  # set when serving a manifest file: reloads re-read it
+WATCH_ENV = "NEXA_WATCH"  # "1": watch the manifest (or, in one-model mode, the model file)
+WATCH_FILES_ENV = "NEXA_WATCH_FILES"
 
 
 class RSGIApp:
@@ -114,21 +119,39 @@ def create_app() -> RSGIApp:
     data = json.loads(os.environ[MANIFEST_ENV])
     manifest = build(data, origin="manifest")
     setup_logging(manifest.server.log_level, manifest.server.log_format)
-    return RSGIApp(Gateway(manifest))
+    reloader = {
+        "manifest_path": os.environ.get(MANIFEST_PATH_ENV) or None,
+        "watch": os.environ.get(WATCH_ENV) == "1",
+        "model_files": [p for p in os.environ.get(WATCH_FILES_ENV, "").split(os.pathsep) if p],
+    }
+    return RSGIApp(Gateway(manifest, reloader_options=reloader))
 
 
-def serve(manifest: Manifest, *, reload_paths: list[str] | None = None) -> None:
+def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: list[str] = (),
+          code_reload_paths: list[str] | None = None) -> None:
     """Run Granian in the foreground until SIGINT/SIGTERM."""
     from granian import Granian
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
+    class NexaGranian(Granian):
+        """SIGHUP re-applies the manifest inside the worker instead of respawning it (and every model)."""
+
+        def signal_handler_reload(self, *args: Any, **kwargs: Any) -> None:
+            for worker in list(self.wrks):
+                pid = getattr(getattr(worker, "inner", None), "pid", None)
+                if pid:
+                    os.kill(pid, signal.SIGHUP)
+
     os.environ[MANIFEST_ENV] = manifest.model_dump_json()
+    os.environ[MANIFEST_PATH_ENV] = str(Path(manifest_path).resolve()) if manifest_path else ""
+    os.environ[WATCH_ENV] = "1" if manifest.server.reload else "0"
+    os.environ[WATCH_FILES_ENV] = os.pathsep.join(watch_files)
     server = manifest.server
     options: dict[str, Any] = {}
-    if reload_paths:
-        options.update(reload=True, reload_paths=reload_paths)
-    Granian(
+    if code_reload_paths:
+        options.update(reload=True, reload_paths=code_reload_paths, reload_ignore_worker_failure=True)
+    NexaGranian(
         "gateway.servers.granian:create_app",
         address=server.host,
         port=server.port,
