@@ -165,7 +165,7 @@ class Gateway:
     async def handle(self, request: Request) -> Response | StreamResponse:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state["request_id"] = request_id
-        started = time.perf_counter()
+        started = request.state["started"] = time.perf_counter()
         try:
             current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)

@@ -172,6 +172,10 @@ class ModelCard(BaseModel):
     aliases: list[str]
     capabilities: list[str]
     error: str | None = None
+    replicas: int = 1
+    queue_depth: int = 0
+    running: int = 0
+    load_seconds: float | None = None
 
 
 class ModelList(BaseModel):

@@ -5,30 +5,33 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.http import HTTPError, Request, Response, json_response
+from gateway.pool import ModelHandle
+from gateway.security import allows, current_key
 from schemas.openai import ModelCard, ModelList
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 
+def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
+    return ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
+                     state=handle.state.value, aliases=list(handle.spec.aliases),
+                     capabilities=sorted(handle.capabilities), error=handle.error, replicas=handle.spec.replicas,
+                     queue_depth=handle.queue_depth(), running=handle.running, load_seconds=handle.load_seconds)
+
+
 async def list_models(gw: "Gateway", request: Request) -> Response:
-    cards = [
-        ModelCard(id=h.name, created=gw.started, type=h.spec.type.value, format=h.spec.format.value,
-                  state=h.state.value, aliases=list(h.spec.aliases), capabilities=sorted(h.capabilities), error=h.error)
-        for h in gw.pool
-    ]
+    key = current_key.get()
+    cards = [card(gw, h) for h in gw.pool if allows(key, h.spec.names)]
     return json_response(ModelList(data=cards, manifest_hash=gw.manifest_hash).model_dump(mode="json"))
 
 
 async def get_model(gw: "Gateway", request: Request) -> Response:
     handle = gw.pool.get(request.path_params["model"])
-    if handle is None:
+    if handle is None or not allows(current_key.get(), handle.spec.names):
         raise HTTPError(404, f"The model {request.path_params['model']!r} does not exist.", param="model",
                         code="model_not_found")
-    card = ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
-                     state=handle.state.value, aliases=list(handle.spec.aliases),
-                     capabilities=sorted(handle.capabilities), error=handle.error)
-    return json_response(card.model_dump(mode="json"))
+    return json_response(card(gw, handle).model_dump(mode="json"))
 
 
 async def health(gw: "Gateway", request: Request) -> Response:

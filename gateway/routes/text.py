@@ -12,6 +12,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from backends.base import Delta, SamplingParams
+from gateway import metrics
 from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
 from gateway.routes.common import SSE_HEADERS, parse_body, sse
 from gateway.pool import ModelHandle
@@ -63,14 +64,35 @@ def _finish(delta: Delta) -> str:
     return "stop" if delta.finish_reason == "cancelled" else (delta.finish_reason or "stop")
 
 
-async def start_stream(deltas: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
+async def start_stream(handle: ModelHandle, request: Request,
+                       deltas: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
     """Pull the first delta before answering, so that errors such as an over-long
     prompt or a model that fails to load become a proper HTTP status."""
+    deltas = _observed(handle, request, deltas)
     try:
         first = await deltas.__anext__()
     except StopAsyncIteration:
         return None, deltas
     return first, deltas
+
+
+async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """Time to first token, token counts and (for streams) total latency, as metrics."""
+    started = request.state.get("started", time.perf_counter())
+    first = True
+    try:
+        async for delta in deltas:
+            if first:
+                metrics.TTFT.labels(handle.name).observe(time.perf_counter() - started)
+                first = False
+            if delta.usage:
+                metrics.TOKENS.labels(handle.name).inc(delta.usage.completion_tokens)
+                metrics.PROMPT_TOKENS.labels(handle.name).inc(delta.usage.prompt_tokens)
+            yield delta
+    finally:
+        await deltas.aclose()
+        if request.state.get("stream"):
+            metrics.LATENCY.labels(request.state.get("route", request.path)).observe(time.perf_counter() - started)
 
 
 async def _chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
@@ -95,7 +117,8 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
     params = sampling(body, handle, default_max=128)
     prompt = body.prompt
     deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
-    first, deltas = await start_stream(deltas)
+    request.state["stream"] = body.stream
+    first, deltas = await start_stream(handle, request, deltas)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if body.echo and isinstance(prompt, str) else ""
 
@@ -197,7 +220,8 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     if body.response_format:
         options["response_format"] = body.response_format
     deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, **options))
-    first, deltas = await start_stream(deltas)
+    request.state["stream"] = body.stream
+    first, deltas = await start_stream(handle, request, deltas)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if body.stream:
