@@ -6,6 +6,7 @@ a manifest file. The CLI never reads standard input.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -47,6 +48,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="apply manifest (or model file) changes while serving, and restart on code changes")
     server.add_argument("--nctx", type=int, help="context length of the model")
     server.add_argument("--offline", action="store_true", help="never download; use only cached model files")
+    server.add_argument("--server", choices=["granian", "robyn"], dest="engine",
+                        help="HTTP server (default granian; also `server.engine` in the manifest)")
+    server.add_argument("--no-playground", action="store_false", dest="playground", default=None,
+                        help="do not serve the playground page at /")
 
     check = commands.add_parser("check", help="validate a manifest without serving it")
     _add_manifest_flags(check)
@@ -111,7 +116,7 @@ def load_manifest(args: argparse.Namespace) -> Manifest:
         manifest = build(one_model_manifest(args), origin="command line")
     else:
         raise UsageError("give a MODEL (e.g. `nexa server smollm2`) or -c FILE")
-    overrides = {key: getattr(args, key, None) for key in ("host", "port")}
+    overrides = {key: getattr(args, key, None) for key in ("host", "port", "engine", "playground")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if getattr(args, "reload", False):
         overrides["reload"] = True
@@ -142,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fetch_all(manifest, offline=getattr(args, "offline", False))
         if args.command == "pull":
             return 0
-        from gateway.servers.granian import serve
-
+        serve = importlib.import_module(f"gateway.servers.{manifest.server.engine}").serve
         code = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "backends")]
         watch_files = [] if args.config else [str(fetch(spec, offline=True)) for spec in manifest.models]
         serve(manifest, manifest_path=args.config, watch_files=watch_files,

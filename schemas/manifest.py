@@ -63,7 +63,8 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    engine: Literal["granian"] = "granian"
+    engine: Literal["granian", "robyn"] = "granian"
+    playground: bool = True
     reload: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -84,6 +85,11 @@ class ServerSettings(BaseSettings):
     # generated images are written to image_output_dir (default: <nexa cache>/outputs).
     image_input_dirs: list[str] = Field(default_factory=list)
     image_output_dir: str | None = None
+    # Vision chat: http(s) image URLs are fetched only from these hosts ("example.com", "*.example.com",
+    # "127.0.0.1:8080"); empty: never (data: URLs and base64 always work).
+    image_url_hosts: list[str] = Field(default_factory=list)
+    image_fetch_max_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    image_fetch_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod
@@ -136,6 +142,22 @@ class ModelSpec(BaseModel):
     timeout_s: float | None = Field(None, gt=0, description="longest a request may generate")
     backend: str | None = Field(None, description="module:Class of a custom engine, instead of the registry's")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options passed to the backend")
+    # MULTIMODAL: the vision projector (a path, or any source form) and the llama.cpp chat handler.
+    mmproj: str | None = Field(None, min_length=1, validate_default=True,
+                               description="projector file (mmproj GGUF) of a MULTIMODAL model")
+    handler: str | None = Field(None, min_length=1, description="vision chat handler, e.g. mtmd, llava-1.5")
+
+    @field_validator("mmproj", "handler")
+    @classmethod
+    def _vision_fields(cls, value: str | None, info: Any) -> str | None:
+        kind, fmt = info.data.get("type"), info.data.get("format")
+        if kind is None or info.data.get("backend"):
+            return value  # type already failed, or a custom engine decides for itself
+        if value is None and info.field_name == "mmproj" and kind == ModelType.MULTIMODAL and fmt == ModelFormat.gguf:
+            raise ValueError("required for MULTIMODAL models")
+        if value is not None and kind != ModelType.MULTIMODAL:
+            raise ValueError("only for MULTIMODAL models")
+        return value
 
     @field_validator("aliases")
     @classmethod

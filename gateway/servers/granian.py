@@ -158,6 +158,7 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
         interface=Interfaces.RSGI,
         factory=True,
         workers=1,
+        workers_kill_timeout=max(1, int(server.shutdown_grace_s)),
         log_enabled=True,
         log_level=LogLevels(server.log_level),
         **options,
