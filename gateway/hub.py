@@ -92,9 +92,43 @@ def fetch(spec: ModelSpec, *, offline: bool = False) -> Path:
         repo, _, file = source.value.partition("/")[2].partition("/")
         owner = source.value.split("/", 1)[0]
         ref = HubRef(repo=f"{owner}/{repo}", file=spec.file or file or None, revision=spec.revision, sha256=spec.sha256)
+        if ref.file is None and spec.format.value == "gguf":
+            ref = HubRef(repo=ref.repo, file=_pick_gguf(ref, offline), revision=ref.revision, sha256=ref.sha256)
         return _hf(ref, offline)
     except FetchError as exc:
         raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: {exc}") from None
+
+
+# The documented rule for a GGUF repository named without a file (`nexa server owner/repo -hf -mt NLP`):
+# never ask, pick the first match of these quantisations, else the alphabetically first .gguf.
+GGUF_PREFERENCE = ("q4_k_m", "q4_0", "q5_k_m", "q8_0")
+
+
+def choose_gguf(files: list[str]) -> str | None:
+    ggufs = sorted(f for f in files if f.lower().endswith(".gguf") and "mmproj" not in f.lower())
+    for quant in GGUF_PREFERENCE:
+        for name in ggufs:
+            if quant in name.lower():
+                return name
+    return ggufs[0] if ggufs else None
+
+
+def _pick_gguf(ref: HubRef, offline: bool) -> str:
+    folder = cache_root() / "hf" / ref.repo / (ref.revision or "main")
+    if offline:
+        files = [str(p.relative_to(folder)) for p in folder.rglob("*.gguf")] if folder.exists() else []
+    else:
+        try:
+            import huggingface_hub
+
+            files = huggingface_hub.list_repo_files(ref.repo, revision=ref.revision)
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            raise FetchError(f"{ref.repo}: cannot list the repository: {str(exc).splitlines()[0] if str(exc) else exc}")
+    chosen = choose_gguf(files)
+    if chosen is None:
+        raise FetchError(f"{ref.repo} has no .gguf file; name one as hf:{ref.repo}/FILE")
+    log.info("%s: chose %s (name a file to pick another)", ref.repo, chosen, extra={"event": "hf_choice"})
+    return chosen
 
 
 def _local(spec: ModelSpec, source: Source) -> Path:

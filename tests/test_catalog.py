@@ -162,3 +162,29 @@ def test_the_repository_catalog_file_is_the_one_loaded():
     # resources.files must point at the source tree's data file, not a stale installed copy
     packaged = Path(str(resources.files("gateway").joinpath("catalog.yaml")))
     assert packaged.read_text() == (Path(__file__).resolve().parent.parent / "gateway" / "catalog.yaml").read_text()
+
+
+def test_a_gguf_repository_without_a_file_follows_the_documented_rule():
+    from gateway.hub import choose_gguf
+
+    files = ["README.md", "model.Q8_0.gguf", "model.Q4_K_M.gguf", "mmproj-model-f16.gguf", "model.Q2_K.gguf"]
+    assert choose_gguf(files) == "model.Q4_K_M.gguf"
+    assert choose_gguf(["b.Q3_K.gguf", "a.Q6_K.gguf"]) == "a.Q6_K.gguf"
+    assert choose_gguf(["x.Q4_0.gguf", "y.Q8_0.gguf"]) == "x.Q4_0.gguf"
+    assert choose_gguf(["README.md"]) is None
+
+
+def test_an_hf_repository_is_never_asked_about_interactively(monkeypatch, tmp_path):
+    """The choice comes from the repo listing and the rule, and fetching uses the chosen file."""
+    import huggingface_hub
+
+    from gateway import hub
+    from schemas.manifest import ModelSpec
+
+    monkeypatch.setenv("NEXA_CACHE_ROOT", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "list_repo_files",
+                        lambda repo, revision=None: ["a.Q8_0.gguf", "a.Q4_K_M.gguf"])
+    asked = []
+    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None: asked.append(ref) or tmp_path / ref.file)
+    path = hub.fetch(ModelSpec(name="m", source="hf:owner/repo"))
+    assert path.name == "a.Q4_K_M.gguf" and asked[0].repo == "owner/repo"
