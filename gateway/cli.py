@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from gateway import catalog
 from gateway.config import ManifestError, build, load_file
 from gateway.hub import FetchError, fetch
 from gateway.logs import setup_logging
@@ -82,7 +83,9 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
     if args.nctx is not None and args.nctx <= 0:
         raise UsageError("--nctx must be > 0")
 
-    model: dict[str, Any] = {"format": fmt, "preload": True}
+    model: dict[str, Any] = {"preload": True}
+    if fmt == "onnx" or args.local_path or args.huggingface:
+        model["format"] = fmt  # a catalog name brings its own format unless `onnx` says otherwise
     if args.local_path:
         path = Path(target).expanduser().resolve()
         model.update(name=_name_from(path.stem if path.is_file() else path.name), source=str(path), type=args.model_type)
@@ -91,7 +94,7 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
         model.update(name=_name_from(repo.split("/")[1] if "/" in repo else repo), source=f"hf:{repo}", type=args.model_type)
     else:
         model.update(name=_name_from(target), source=target)
-        if fmt == "onnx":
+        if fmt == "onnx" and catalog.lookup(target) is None:
             model["type"] = "NLP"
     if args.nctx is not None:
         model["nctx"] = args.nctx

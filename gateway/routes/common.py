@@ -17,7 +17,8 @@ def parse_body(model: type[BaseModel], request: Request) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
-        raise HTTPError(400, f"Invalid value for '{param}': {err['msg']}" if param else err["msg"],
+        message = err["msg"].removeprefix("Value error, ")
+        raise HTTPError(400, f"Invalid value for '{param}': {message}" if param else message,
                         param=param, code="invalid_value") from None
 
 

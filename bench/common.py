@@ -1,0 +1,120 @@
+"""Shared helpers for the benchmark scripts: start a server, time streams, print tables.
+
+Every figure is measured side by side in one run and reported as a median,
+because these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A server subprocess that is ready when `ready_path` answers 200."""
+
+    def __init__(self, argv: list[str], port: int, ready_path: str = "/ready", timeout: float = 180, env=None):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(f"/tmp/bench-{port}.log", "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "GGML_NO_BACKTRACE": "1", **(env or {})})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{argv} exited: see /tmp/bench-{port}.log")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    self.ready_seconds = time.monotonic() - self.started
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{argv} not ready after {timeout}s")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process tree (Granian runs a worker under its main process)."""
+        pids = [self.proc.pid]
+        try:
+            children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+            pids += [int(p) for p in children]
+        except OSError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def nexa(*args: str, port: int, **kwargs) -> Process:
+    return Process([sys.executable, "-m", "gateway.cli", "server", *args, "--host", "127.0.0.1", "--port", str(port)],
+                   port, **kwargs)
+
+
+def stream_completion(client: httpx.Client, url: str, body: dict) -> tuple[float, float, int]:
+    """(time to first token, total time, completion tokens) of one streamed completion."""
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    with client.stream("POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                tokens = data["usage"]["completion_tokens"]
+            choices = data.get("choices") or []
+            if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")) and first is None:
+                first = time.perf_counter() - started
+    return first or 0.0, time.perf_counter() - started, tokens
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def p95(values) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))] if values else float("nan")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line, sep] + ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells])
