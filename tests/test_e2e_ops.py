@@ -278,3 +278,19 @@ def test_metrics_and_request_ids(tmp_path, start_server):
     assert metric(server.url, "nexa_generated_tokens_total", model="a") == 4 + 3
     assert metric(server.url, "nexa_requests_total", route="/v1/completions", model="a", status="200") == 2
     assert '"request_id": "trace-me-42"' in server.log()
+
+
+def test_replicas_serve_requests_side_by_side(tmp_path, start_server):
+    path = write_manifest(tmp_path / "nexa.yaml",
+                          [fake("r", preload=True, replicas=2, options={"delay": 0.03})])
+    server = start_server(["-c", str(path)])
+    assert models(server.url)["r"]["replicas"] == 2
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: results.append(complete(server.url, "r", 30))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    # Two engine instances: both requests run at once instead of queueing.
+    wait_for(lambda: metric(server.url, "nexa_requests_running", model="r") == 2)
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200, 200]
