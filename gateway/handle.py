@@ -1,0 +1,395 @@
+"""One declared model: its replicas, job queue, state and admission limits.
+
+Each engine instance (replica) owns one thread, because llama.cpp and whisper
+contexts are not re-entrant; the replicas of a model pull from one FIFO queue,
+so requests run in arrival order while the event loop stays free for health
+checks and other models. Streams cross from that thread to the event loop
+through a small bounded `Channel` (gateway.channel): the engine runs at most a
+few tokens ahead of the client, and a client that leaves stops generation at
+the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from backends.base import Backend, LoadError, backend_for
+from gateway import hub, metrics
+from gateway.channel import Channel
+from schemas.manifest import ModelSpec
+
+log = logging.getLogger("nexa.pool")
+
+
+class ModelState(str, Enum):
+    unloaded = "unloaded"
+    loading = "loading"
+    ready = "ready"
+    unloading = "unloading"
+    failed = "failed"
+
+
+class ModelUnavailable(Exception):
+    """The model cannot take the request now: answered 503 (or 429) with Retry-After."""
+
+    def __init__(self, message: str, *, status: int = 503, retry_after: float = 5, code: str = "model_unavailable"):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = max(1, math.ceil(retry_after))
+        self.code = code
+
+
+@dataclass
+class _Job:
+    work: Callable[..., Any]
+    deadline: float
+    future: asyncio.Future | None = None
+    channel: Channel | None = None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class ModelHandle:
+    """One declared model: its spec, state, replicas and their shared job queue."""
+
+    def __init__(self, spec: ModelSpec, pool: "ModelPool"):  # noqa: F821 - gateway.pool.ModelPool
+        self.spec = spec
+        self.pool = pool
+        self.state = ModelState.unloaded
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        self.size_bytes = 0
+        self.last_used = time.monotonic()
+        self.admitted = 0  # requests waiting or running
+        self.running = 0
+        self.submitted = 0  # jobs handed to the replicas and not finished
+        self.retired = False  # removed or replaced by a reload
+        self.successor: ModelHandle | None = None
+        self.generation = 0  # bumps on every load, so stale replica threads know they are stale
+        self._avg_seconds = 1.0
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._loaded: asyncio.Future | None = None
+        self._unloaded: asyncio.Event = asyncio.Event()
+        self.backends: list[Backend] = []
+        try:
+            self.capabilities = backend_for(spec).capabilities
+        except LoadError as exc:
+            self.capabilities = frozenset()
+            self.error = str(exc)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend(self) -> Backend | None:
+        return self.backends[0] if self.backends else None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.pool.loop
+
+    def idle(self) -> bool:
+        return self.admitted == 0 and self._jobs.qsize() == 0
+
+    def queue_depth(self) -> int:
+        return max(0, self.admitted - self.running)
+
+    # -- loading and unloading ----------------------------------------------------
+
+    def start_loading(self) -> asyncio.Future:
+        """Start the replica threads; each loads its own engine instance, then serves jobs."""
+        if self._loaded is None:
+            self.state = ModelState.loading
+            self.error = None
+            self.generation += 1
+            self._loaded = self.loop.create_future()
+            self._unloaded.clear()
+            self._jobs = queue.Queue()
+            self.backends = []
+            started = time.monotonic()
+            results: list[BaseException | None] = []
+            lock = threading.Lock()
+
+            def reported(outcome: BaseException | None) -> None:
+                with lock:
+                    results.append(outcome)
+                    done = len(results) == self.spec.replicas
+                if done:
+                    self.loop.call_soon_threadsafe(self._finish_loading, results, time.monotonic() - started)
+
+            self._threads = [
+                threading.Thread(target=self._replica, args=(i, self._jobs, reported), daemon=True,
+                                 name=f"model-{self.name}" + (f"-{i}" if self.spec.replicas > 1 else ""))
+                for i in range(self.spec.replicas)
+            ]
+            for thread in self._threads:
+                thread.start()
+        return self._loaded
+
+    def _finish_loading(self, results: list[BaseException | None], seconds: float) -> None:
+        failures = [r for r in results if r is not None]
+        if failures:
+            self.error = str(failures[0]) or type(failures[0]).__name__
+            self.state = ModelState.failed
+            log.error("model %s failed to load: %s", self.name, self.error,
+                      extra={"event": "model_failed", "model": self.name})
+            for _ in self._threads:
+                self._jobs.put(None)  # the healthy replicas close their engines
+            metrics.LOADS.labels(self.name, "failed").inc()
+        else:
+            self.state = ModelState.ready
+            self.load_seconds = seconds
+            self.last_used = time.monotonic()
+            metrics.LOADS.labels(self.name, "ok").inc()
+            metrics.LOAD_SECONDS.labels(self.name).observe(seconds)
+            log.info("loaded model %s in %.2fs", self.name, seconds,
+                     extra={"event": "model_loaded", "model": self.name, "seconds": round(seconds, 3),
+                            "replicas": self.spec.replicas})
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_result(None)
+
+    def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
+        backend: Backend | None = None
+        try:
+            path = Path(hub.fetch(self.spec))
+            self.size_bytes = _size_of(path)
+            backend = backend_for(self.spec).load(self.spec, path)
+            self.backends.append(backend)
+        except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
+            reported(exc)
+        else:
+            reported(None)
+        while True:
+            job = jobs.get()
+            if job is None:
+                break
+            if backend is None or self.state == ModelState.failed:
+                _fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
+                continue
+            self._execute(backend, job)
+        if backend is not None:
+            backend.close()
+
+    async def ready(self) -> None:
+        if self.state == ModelState.ready or self.retired:
+            return  # a retired handle's callers move on to its successor
+        if self.state == ModelState.unloading:
+            await self._unloaded.wait()
+        if self.state in (ModelState.unloaded, ModelState.failed) and self._loaded is None:
+            await self.pool.make_room(self)
+            self.start_loading()
+        await asyncio.shield(self._loaded)
+        if self.state != ModelState.ready:
+            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.error}")
+
+    async def unload(self, reason: str = "unload") -> None:
+        """Let queued and running work finish, then free the engines."""
+        if self._loaded is None:
+            return
+        if not self._loaded.done():
+            await asyncio.shield(self._loaded)
+        self.state = ModelState.unloading  # from here on, new requests wait (or go to the successor)
+        while self.submitted:
+            await asyncio.sleep(0.02)
+        threads, self._loaded = self._threads, None
+        for _ in threads:
+            self._jobs.put(None)
+        await asyncio.to_thread(_join, threads)
+        self.backends = []
+        if self.state == ModelState.unloading:
+            self.state = ModelState.unloaded
+        self._unloaded.set()
+        metrics.UNLOADS.labels(self.name, reason).inc()
+        log.info("unloaded model %s (%s)", self.name, reason, extra={"event": "model_unloaded", "model": self.name,
+                                                                     "reason": reason})
+
+    def retry(self) -> None:
+        """A failed model may be loaded again by the next request (e.g. after its file was fixed)."""
+        if self.state == ModelState.failed:
+            self._loaded = None
+
+    # -- running --------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        limit = self.spec.max_queue + self.spec.replicas
+        if self.admitted >= limit:
+            wait = self._avg_seconds * (self.queue_depth() + 1) / self.spec.replicas
+            if self.state == ModelState.loading:
+                raise ModelUnavailable(f"model {self.name!r} is loading and its queue is full", retry_after=wait)
+            raise ModelUnavailable(f"model {self.name!r} is busy: {self.admitted} requests are queued or running "
+                                   f"(limit {limit}); retry later", status=429, retry_after=wait, code="queue_full")
+        self.admitted += 1
+
+    def _release(self, started: float, submitted: bool = False) -> None:
+        self.admitted -= 1
+        if submitted:
+            self.submitted -= 1
+        self.last_used = time.monotonic()
+        self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (self.last_used - started)
+
+    def _execute(self, backend: Backend, job: _Job) -> None:
+        if time.monotonic() > job.deadline:
+            _fail(self.loop, job, ModelUnavailable(
+                f"model {self.name!r}: the request waited longer than {self.spec.queue_timeout_s:g}s in the queue",
+                retry_after=self._avg_seconds, code="queue_timeout"))
+            return
+        self.running += 1
+        try:
+            if job.future is not None:
+                if not job.future.cancelled():
+                    _settle(self.loop, job.future, job.work, backend)
+                return
+            _pump(job.channel, job.work, backend)
+        finally:
+            self.running -= 1
+
+    def _submit(self, job: _Job) -> None:
+        if not any(t.is_alive() for t in self._threads):
+            raise ModelUnavailable(f"model {self.name!r} is not running")
+        self.submitted += 1
+        self._jobs.put(job)
+
+    def current(self) -> "ModelHandle":
+        """The handle that serves new requests: a replaced model hands them to its successor."""
+        handle = self
+        while handle.retired:
+            if handle.successor is None:
+                raise ModelUnavailable(f"model {self.name!r} was removed from the manifest", status=404,
+                                       code="model_not_found")
+            handle = handle.successor
+        return handle
+
+    async def call(self, work: Callable[[Backend], Any]) -> Any:
+        """Run `work(backend)` on a replica thread and return its result."""
+        target = self.current()
+        if target is not self:
+            return await target.call(work)
+        self._admit()
+        started = time.monotonic()
+        submitted = False
+        try:
+            await self.ready()
+            if self.retired:
+                return await self.current().call(work)
+            future = self.loop.create_future()
+            self._submit(_Job(work, started + self.spec.queue_timeout_s, future=future))
+            submitted = True
+            timeout = self.spec.timeout_s
+            try:
+                return await (asyncio.wait_for(asyncio.shield(future), timeout) if timeout else future)
+            except asyncio.TimeoutError:
+                future.cancel()
+                raise ModelUnavailable(f"model {self.name!r} did not answer within {timeout:g}s", status=504,
+                                       code="timeout") from None
+        finally:
+            self._release(started, submitted)
+
+    async def stream(self, work: Callable[[Backend, Callable[[], bool]], Iterator[Any]]) -> AsyncIterator[Any]:
+        """Run a generator on a replica thread, yielding its items here as they arrive.
+
+        `work(backend, cancelled)` should check `cancelled()` between steps; it turns
+        true as soon as the consumer stops listening."""
+        target = self.current()
+        if target is not self:
+            async for item in target.stream(work):
+                yield item
+            return
+        self._admit()
+        started = time.monotonic()
+        channel = Channel(self.loop, self.pool.stream_buffer)
+        submitted = False
+        try:
+            await self.ready()
+            if self.retired:
+                async for item in self.current().stream(work):
+                    yield item
+                return
+            self._submit(_Job(work, started + self.spec.queue_timeout_s, channel=channel))
+            submitted = True
+            deadline = started + self.spec.timeout_s if self.spec.timeout_s else None
+            while True:
+                try:
+                    get = channel.get()
+                    kind, value = await (asyncio.wait_for(get, deadline - time.monotonic()) if deadline else get)
+                except asyncio.TimeoutError:
+                    raise ModelUnavailable(f"model {self.name!r}: the request ran longer than "
+                                           f"{self.spec.timeout_s:g}s", status=504, code="timeout") from None
+                if kind == "item":
+                    yield value
+                elif kind == "end":
+                    return
+                else:
+                    raise value
+        finally:
+            channel.close()  # stops the producer at its next step if we leave early
+            self._release(started, submitted)
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": self.state.value, "error": self.error, "queue_depth": self.queue_depth(),
+                "running": self.running, "replicas": self.spec.replicas, "load_seconds": self.load_seconds}
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callable, backend: Backend) -> None:
+    try:
+        result = work(backend)
+    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+        loop.call_soon_threadsafe(_set_exception, future, exc)
+    else:
+        loop.call_soon_threadsafe(_set_result, future, result)
+
+
+def _pump(channel: Channel, work: Callable, backend: Backend) -> None:
+    if channel.closed():
+        return
+    iterator = None
+    try:
+        iterator = work(backend, channel.closed)
+        for item in iterator:
+            if not channel.put("item", item):
+                break
+        else:
+            channel.put("end")
+    except BaseException as exc:  # noqa: BLE001
+        channel.put("error", exc)
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def _fail(loop: asyncio.AbstractEventLoop, job: _Job, exc: Exception) -> None:
+    if job.future is not None:
+        loop.call_soon_threadsafe(_set_exception, job.future, exc)
+    elif job.channel is not None:
+        job.channel.put("error", exc)
+
+
+def _set_result(future: asyncio.Future | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _join(threads: list[threading.Thread], timeout: float | None = None) -> None:
+    for thread in threads:
+        thread.join(timeout)
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
