@@ -84,8 +84,10 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--nctx must be > 0")
 
     model: dict[str, Any] = {"preload": True}
-    if fmt == "onnx" or args.local_path or args.huggingface:
-        model["format"] = fmt  # a catalog name brings its own format unless `onnx` says otherwise
+    if fmt == "onnx":
+        model["format"] = "onnx"  # a catalog name brings its own format unless `onnx` says otherwise
+    elif args.local_path or args.huggingface:
+        model["format"] = _guess_format(Path(target).expanduser(), args.model_type)
     if args.local_path:
         path = Path(target).expanduser().resolve()
         model.update(name=_name_from(path.stem if path.is_file() else path.name), source=str(path), type=args.model_type)
@@ -99,6 +101,16 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
     if args.nctx is not None:
         model["nctx"] = args.nctx
     return {"models": [model]}
+
+
+def _guess_format(path: Path, model_type: str) -> str:
+    """The documented rule for -lp/-hf: AUDIO is a CTranslate2 folder (bin); a folder holding
+    .onnx files is onnx; anything else is gguf."""
+    if model_type == "AUDIO":
+        return "bin"
+    if path.is_dir() and any(path.glob("*.onnx")):
+        return "onnx"
+    return "gguf"
 
 
 def _name_from(text: str) -> str:

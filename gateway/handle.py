@@ -148,6 +148,8 @@ class ModelHandle:
             metrics.LOADS.labels(self.name, "failed").inc()
         else:
             self.state = ModelState.ready
+            if self.backends:  # an instance may offer less than its class (e.g. an English-only Whisper)
+                self.capabilities = frozenset(self.backends[0].capabilities)
             self.load_seconds = seconds
             self.last_used = time.monotonic()
             metrics.LOADS.labels(self.name, "ok").inc()

@@ -87,3 +87,23 @@ def test_missing_local_file_fails_with_one_line_naming_the_model(tmp_path):
     result = run("server", str(tmp_path / "absent.gguf"), "-lp", "-mt", "NLP")
     assert result.returncode == 1
     assert "absent" in result.stderr and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_local_audio_folders_and_onnx_folders_get_their_format(tmp_path):
+    audio = tmp_path / "whisper"
+    audio.mkdir()
+    (audio / "model.bin").write_bytes(b"x")
+    spec = manifest_for("server", str(audio), "-lp", "-mt", "AUDIO").models[0]
+    assert spec.format == ModelFormat.bin and spec.type == ModelType.AUDIO
+    onnx = tmp_path / "emb"
+    onnx.mkdir()
+    (onnx / "model.onnx").write_bytes(b"x")
+    spec = manifest_for("server", str(onnx), "-lp", "-mt", "TEXT_EMBEDDING").models[0]
+    assert spec.format == ModelFormat.onnx
+
+
+def test_catalog_names_keep_their_own_type_and_format():
+    spec = manifest_for("server", "whisper-tiny-en").models[0]
+    assert (spec.type, spec.format) == (ModelType.AUDIO, ModelFormat.bin)
+    spec = manifest_for("server", "all-minilm-l6-v2").models[0]
+    assert (spec.type, spec.format) == (ModelType.TEXT_EMBEDDING, ModelFormat.onnx)

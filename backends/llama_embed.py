@@ -1,0 +1,171 @@
+"""TEXT_EMBEDDING models in GGUF format, through llama-cpp-python (`embedding=True`).
+
+The pooling comes from the GGUF (`<arch>.pooling_type`: mean, cls or last),
+unless `options.pooling` overrides it. A GGUF without pooling (plain decoder
+LLMs) is mean-pooled here from the per-token outputs; a reranker (rank
+pooling) is refused at load.
+
+The batching loop is ours rather than `Llama.embed`, for three reasons:
+`Llama.embed` accepts only strings (we also take token ids), truncates at
+`n_batch` rather than at the model's trained context, and counts tokens before
+it knows whether the input fits. Ours packs the whole request into as few
+`llama_decode` calls as the context allows: one call for up to `nctx` tokens
+and 256 sequences, so a typical batch of sentences is one engine call.
+Encoder models (BERT) must see each batch in one micro-batch, so
+`n_batch = n_ubatch = nctx`.
+
+Manifest options: `pooling` (mean | cls | last), `normalize` (the default when
+a request does not say); others go to `llama_cpp.Llama`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.base import LoadError
+from backends.embeddings import EmbeddingBackend, read_options, special_frame
+from schemas.manifest import Device, ModelSpec
+
+log = logging.getLogger("nexa.backends.llama_embed")
+
+OPTIONS = {"pooling": str, "normalize": bool}
+POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+POOLING_TYPES = {"mean": 1, "cls": 2, "last": 3}
+
+
+def _gpu_layers(spec: ModelSpec) -> int:
+    if spec.n_gpu_layers is not None:
+        return spec.n_gpu_layers
+    if spec.device == Device.cpu:
+        return 0
+    if spec.device == Device.auto:
+        import llama_cpp
+
+        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return -1
+
+
+class LlamaEmbedBackend(EmbeddingBackend):
+    """BERT-style GGUF embedding models (nomic, bge, all-MiniLM, mxbai, ...)."""
+
+    def __init__(self, spec: ModelSpec, path: Path, llm: Any):
+        super().__init__(spec, path)
+        self.llm = llm
+        self.pooling = int(llm.pooling_type())
+        self.dim = int(llm.n_embd())
+        self.n_vocab = int(llm.n_vocab())
+        self.n_batch = int(llm.n_batch)
+        self.n_seq_max = max(1, int(llm.context_params.n_seq_max))
+        self.max_tokens = min(int(llm._model.n_ctx_train()) or self.n_batch, self.n_batch)
+        with_special = llm.tokenize(b"a", add_bos=True, special=False)
+        without = llm.tokenize(b"a", add_bos=False, special=False)
+        self.prefix, self.suffix = special_frame(with_special, without)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, path: Path) -> "LlamaEmbedBackend":
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
+        if path.is_dir():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise LoadError(f"{path} is a folder with {len(ggufs)} .gguf files; name one with `file:`")
+            path = ggufs[0]
+        options = dict(spec.options)
+        try:
+            own = read_options(options, OPTIONS)
+        except TypeError as exc:
+            raise LoadError(str(exc)) from exc
+        kwargs: dict[str, Any] = {
+            "model_path": str(path),
+            "embedding": True,
+            "n_ctx": spec.nctx,
+            "n_batch": spec.nctx,
+            "n_ubatch": spec.nctx,  # non-causal attention needs a whole batch in one micro-batch
+            "n_gpu_layers": _gpu_layers(spec),
+            "verbose": bool(options.pop("verbose", False)),
+        }
+        if "pooling" in own:
+            if own["pooling"] not in POOLING_TYPES:
+                raise LoadError(f"option pooling must be one of {', '.join(POOLING_TYPES)}, got {own['pooling']!r}")
+            kwargs["pooling_type"] = POOLING_TYPES[own["pooling"]]
+        if spec.n_threads:
+            kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
+        kwargs.update(options)
+        try:
+            llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise LoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
+        except TypeError as exc:
+            raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
+        if int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_RANK:
+            llm.close()
+            raise LoadError(f"{path.name} is a reranking model (rank pooling), not an embedding model")
+        backend = cls(spec, path, llm)
+        backend.default_normalize = own.get("normalize", False)
+        log.info("GGUF embedding model ready: %d dims, max %d tokens, %s pooling", backend.dim, backend.max_tokens,
+                 POOLING_NAMES.get(backend.pooling, backend.pooling),
+                 extra={"event": "embed_model", "model": spec.name, "arch": llm.metadata.get("general.architecture")})
+        return backend
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.close()
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "pooling": POOLING_NAMES.get(self.pooling, str(self.pooling)),
+                "architecture": self.llm.metadata.get("general.architecture")}
+
+    # -- engine calls ----------------------------------------------------------
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        # add_bos=True means "add the model's special tokens": [CLS] ... [SEP] for BERT.
+        return [self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts]
+
+    def _forward(self, sequences: list[list[int]]) -> np.ndarray:
+        out = np.empty((len(sequences), self.dim), dtype=np.float32)
+        pending: list[tuple[int, list[int]]] = []
+        used = 0
+        try:
+            for row, tokens in enumerate(sequences):
+                if pending and (used + len(tokens) > self.n_batch or len(pending) >= self.n_seq_max):
+                    self._decode(pending, out)
+                    pending, used = [], 0
+                pending.append((row, tokens))
+                used += len(tokens)
+            if pending:
+                self._decode(pending, out)
+        finally:
+            self.llm._ctx.kv_cache_clear()
+            self.llm.reset()
+        return out
+
+    def _decode(self, pending: list[tuple[int, list[int]]], out: np.ndarray) -> None:
+        """One llama_decode for several sequences, each in its own sequence id."""
+        import llama_cpp
+
+        llm = self.llm
+        llm._ctx.kv_cache_clear()
+        llm._batch.reset()
+        for seq_id, (_, tokens) in enumerate(pending):
+            llm._batch.add_sequence(tokens, seq_id, True)
+        llm._ctx.decode(llm._batch)
+        if self.pooling == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            total = sum(len(tokens) for _, tokens in pending)
+            per_token = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm._ctx.ctx), shape=(total * self.dim,))
+            per_token = per_token.reshape(total, self.dim)
+            start = 0
+            for row, tokens in pending:
+                out[row] = per_token[start:start + len(tokens)].mean(axis=0)
+                start += len(tokens)
+        else:
+            for seq_id, (row, _) in enumerate(pending):
+                pointer = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, seq_id)
+                out[row] = np.ctypeslib.as_array(pointer, shape=(self.dim,))
+        llm._batch.reset()

@@ -1,0 +1,76 @@
+"""Real speech for the audio tests: espeak-ng speaks a sentence into a WAV file,
+and PyAV (a faster-whisper dependency) re-encodes it into other containers."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ENGLISH = "the quick brown fox jumps over the lazy dog"
+ENGLISH_WORDS = ("quick", "brown", "fox", "lazy", "dog")
+FRENCH = "bonjour, je m'appelle Pierre et j'habite à Paris"
+
+# container -> (PyAV muxer, codec, sample rate or None for the source's)
+FORMATS = {
+    "mp3": ("mp3", "libmp3lame", None),
+    "flac": ("flac", "flac", None),
+    "ogg": ("ogg", "libopus", 48000),
+    "webm": ("webm", "libopus", 48000),
+    "m4a": ("mp4", "aac", None),
+}
+CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg",
+                 "webm": "audio/webm", "m4a": "audio/mp4"}
+
+
+def speak(text: str, path: Path, voice: str = "en") -> Path:
+    """Speak `text` into a WAV file with espeak-ng (scripts/test.sh installs it)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail("espeak-ng is not installed: `apt-get install -y espeak-ng` (scripts/test.sh does this)")
+    subprocess.run([espeak, "-v", voice, "-w", str(path), text], check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert path.stat().st_size > 10_000, "espeak-ng wrote no speech"
+    return path
+
+
+def convert(wav: bytes, container: str) -> bytes:
+    """Re-encode WAV bytes as mp3, flac, ogg (opus), webm (opus) or m4a (aac), mono."""
+    import av
+
+    muxer, codec, rate = FORMATS[container]
+    out = io.BytesIO()
+    with av.open(io.BytesIO(wav)) as src, av.open(out, "w", format=muxer) as dst:
+        source = src.streams.audio[0]
+        rate = rate or source.rate
+        stream = dst.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        frame_size = stream.codec_context.frame_size or 0
+        fifo = av.AudioFifo()
+
+        def encode(frame) -> None:
+            for packet in stream.encode(frame):
+                dst.mux(packet)
+
+        for frame in src.decode(source):
+            for resampled in resampler.resample(frame):
+                fifo.write(resampled)
+                while fifo.samples >= max(frame_size, 1):
+                    encode(fifo.read(frame_size or fifo.samples))
+        for resampled in resampler.resample(None):
+            fifo.write(resampled)
+        if fifo.samples:
+            encode(fifo.read(fifo.samples))
+        encode(None)
+    return out.getvalue()
+
+
+def heard(text: str, words: tuple[str, ...] = ENGLISH_WORDS) -> int:
+    """How many of `words` a transcript contains (lower-cased, punctuation ignored)."""
+    said = set(re.findall(r"[^\W\d_]+", text.lower()))
+    return sum(1 for w in words if w in said)

@@ -1,0 +1,1 @@
+"""Model files the tests write themselves (synthetic weights, or conversions of real ones)."""
