@@ -26,6 +26,7 @@ MANIFEST_ENV = "NEXA_MANIFEST_JSON"
 MANIFEST_PATH_ENV = "NEXA_MANIFEST_PATH"  # set when serving a manifest file: reloads re-read it
 WATCH_ENV = "NEXA_WATCH"  # "1": watch the manifest (or, in one-model mode, the model file)
 WATCH_FILES_ENV = "NEXA_WATCH_FILES"
+DRAIN_BYTES = 8 * 1024 * 1024
 
 
 class RSGIApp:
@@ -72,7 +73,10 @@ class RSGIApp:
             self._send(protocol, response)
 
     async def _read_body(self, headers: dict[str, str], protocol: Any) -> bytes | None:
-        """Read the body, refusing (None) anything over the limit, chunked bodies included."""
+        """Read the body, refusing (None) anything over the limit, chunked bodies included.
+
+        Past the limit the rest is read and dropped (up to a bound), so the client
+        gets its 413 instead of a connection reset while it is still sending."""
         limit = self.gateway.manifest.server.max_body_bytes
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -81,9 +85,12 @@ class RSGIApp:
         async for chunk in protocol:
             size += len(chunk)
             if size > limit:
-                return None
+                chunks = []
+                if size > limit + DRAIN_BYTES:
+                    break
+                continue
             chunks.append(chunk)
-        return b"".join(chunks)
+        return None if size > limit else b"".join(chunks)
 
     @staticmethod
     def _send(protocol: Any, response: Response) -> None:
