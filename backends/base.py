@@ -27,6 +27,18 @@ class LoadError(Exception):
     """A model could not be loaded: wrong file, wrong format, missing engine."""
 
 
+class UpstreamError(Exception):
+    """A remote engine (an upstream API) is unreachable or failed: not the caller's fault.
+    The gateway answers `status` (502, or 503/504) in the OpenAI envelope, with Retry-After if given."""
+
+    def __init__(self, message: str, *, status: int = 502, retry_after: float | None = None,
+                 code: str = "upstream_unavailable"):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.code = code
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 128
@@ -96,11 +108,15 @@ class Backend:
 # only fails the models that need it, with a clear message.
 REGISTRY: dict[tuple[ModelType, ModelFormat], str] = {
     (ModelType.NLP, ModelFormat.gguf): "backends.llama:LlamaBackend",
+    (ModelType.NLP, ModelFormat.onnx): "backends.onnx_text:OnnxTextBackend",
+    (ModelType.MULTIMODAL, ModelFormat.gguf): "backends.vision:VisionBackend",
     (ModelType.AUDIO, ModelFormat.bin): "backends.whisper:WhisperBackend",
     (ModelType.TEXT_EMBEDDING, ModelFormat.onnx): "backends.fastembed:FastembedBackend",
     (ModelType.TEXT_EMBEDDING, ModelFormat.gguf): "backends.llama_embed:LlamaEmbedBackend",
     (ModelType.COMPUTER_VISION, ModelFormat.gguf): "backends.diffusion:DiffusionBackend",
     (ModelType.COMPUTER_VISION, ModelFormat.bin): "backends.diffusion:DiffusionBackend",  # .safetensors/.ckpt
+    (ModelType.NLP, ModelFormat.remote): "backends.remote:RemoteTextBackend",
+    (ModelType.TEXT_EMBEDDING, ModelFormat.remote): "backends.remote:RemoteEmbedBackend",
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import random
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,22 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+LOAD_LOCK = threading.Lock()
+
+
+def open_llama(path: Path, kwargs: dict[str, Any]) -> Any:
+    """Create a `llama_cpp.Llama`, turning its failures into one clear LoadError."""
+    import llama_cpp
+
+    try:
+        with LOAD_LOCK:  # verbose=False redirects the process's stdout/stderr while it loads
+            return llama_cpp.Llama(**kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise LoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
+    except TypeError as exc:
+        raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
 
 
 def _gpu_layers(spec: ModelSpec) -> int:
@@ -68,13 +85,7 @@ class LlamaBackend(Backend):
         if spec.n_threads:
             kwargs["n_threads"] = spec.n_threads
         kwargs.update(options)
-        try:
-            llm = llama_cpp.Llama(**kwargs)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise LoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
-        except TypeError as exc:
-            raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
-        return cls(spec, path, llm)
+        return cls(spec, path, open_llama(path, kwargs))
 
     def close(self) -> None:
         llm, self.llm = self.llm, None

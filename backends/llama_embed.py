@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import LoadError
+from backends.llama import open_llama
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
 from schemas.manifest import Device, ModelSpec
 
@@ -97,12 +98,7 @@ class LlamaEmbedBackend(EmbeddingBackend):
         if spec.n_threads:
             kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
         kwargs.update(options)
-        try:
-            llm = llama_cpp.Llama(**kwargs)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise LoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
-        except TypeError as exc:
-            raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
+        llm = open_llama(path, kwargs)
         if int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_RANK:
             llm.close()
             raise LoadError(f"{path.name} is a reranking model (rank pooling), not an embedding model")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from gateway import catalog
 from gateway.config import ManifestError, build, load_file
-from gateway.hub import FetchError, fetch
+from gateway.hub import FetchError, fetch, fetch_model
 from gateway.logs import setup_logging
 from schemas.manifest import Manifest, ModelType
 
@@ -91,6 +91,8 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
     if args.local_path:
         path = Path(target).expanduser().resolve()
         model.update(name=_name_from(path.stem if path.is_file() else path.name), source=str(path), type=args.model_type)
+        if args.model_type == "MULTIMODAL":
+            model.update(_split_vision_folder(path))
     elif args.huggingface:
         repo = target.removeprefix("hf:")
         model.update(name=_name_from(repo.split("/")[1] if "/" in repo else repo), source=f"hf:{repo}", type=args.model_type)
@@ -101,6 +103,20 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
     if args.nctx is not None:
         model["nctx"] = args.nctx
     return {"models": [model]}
+
+
+def _split_vision_folder(path: Path) -> dict[str, str]:
+    """The documented rule for `-lp DIR -mt MULTIMODAL`: the folder's `*mmproj*.gguf` is the
+    projector and its other .gguf file is the language model."""
+    if not path.is_dir():
+        return {}
+    ggufs = sorted(path.glob("*.gguf"))
+    projectors = [p for p in ggufs if "mmproj" in p.name.lower()]
+    models = [p for p in ggufs if p not in projectors]
+    if len(projectors) != 1 or len(models) != 1:
+        raise UsageError(f"{path} must hold one *mmproj*.gguf projector and one other .gguf model "
+                         f"(found {len(projectors)} projectors and {len(models)} models)")
+    return {"source": str(models[0]), "mmproj": str(projectors[0])}
 
 
 def _guess_format(path: Path, model_type: str) -> str:
@@ -144,7 +160,7 @@ def load_manifest(args: argparse.Namespace) -> Manifest:
 
 def fetch_all(manifest: Manifest, offline: bool = False) -> None:
     for spec in manifest.models:
-        path = fetch(spec, offline=offline)
+        _, path = fetch_model(spec, offline=offline)
         log.info("model %s: %s", spec.name, path, extra={"event": "model_file", "model": spec.name, "path": str(path)})
 
 

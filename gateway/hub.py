@@ -26,7 +26,7 @@ from typing import Iterator
 
 from gateway import catalog
 from gateway.catalog import CatalogEntry, CatalogFile, HubRef, Part
-from schemas.manifest import ModelSpec
+from schemas.manifest import ModelFormat, ModelSpec
 
 log = logging.getLogger("nexa.hub")
 
@@ -76,6 +76,8 @@ def parse_source(source: str) -> Source:
 
 def fetch(spec: ModelSpec, *, offline: bool = False) -> Path:
     """Return the local path the backend should load, downloading it if needed."""
+    if spec.format == ModelFormat.remote:
+        return Path(os.devnull)  # an upstream API: nothing to fetch, and the backend ignores the path
     try:
         source = parse_source(spec.source)
     except ValueError as exc:
@@ -131,13 +133,26 @@ def _pick_gguf(ref: HubRef, offline: bool) -> str:
     return chosen
 
 
+def fetch_model(spec: ModelSpec, *, offline: bool = False) -> tuple[ModelSpec, Path]:
+    """Fetch a model and its companion files (a vision model's projector); the returned spec
+    names them by local path, so backends never fetch anything themselves."""
+    path = Path(fetch(spec, offline=offline))
+    if getattr(spec, "mmproj", None):
+        projector = spec.model_copy(update={"name": f"{spec.name} (mmproj)", "source": spec.mmproj, "file": None,
+                                            "sha256": None, "revision": None})
+        spec = spec.model_copy(update={"mmproj": str(fetch(projector, offline=offline))})
+    return spec, path
+
+
 def _local(spec: ModelSpec, source: Source) -> Path:
     path = Path(source.value).expanduser()
     if spec.file:
         path = path / spec.file
     if not path.exists():
         raise FetchError(f"model {spec.name!r}: local path {str(path)!r} does not exist")
-    if spec.sha256 and path.is_file():
+    if spec.sha256 and path.is_dir():
+        raise FetchError(f"model {spec.name!r}: sha256 pins one file, but {str(path)!r} is a folder; name the file")
+    if spec.sha256:
         _verify(path, spec.sha256)
     return path.resolve()
 
@@ -303,8 +318,14 @@ def _hf(ref: HubRef, offline: bool, folder: Path | None = None) -> Path:
             return target
         if offline:
             if target.exists():
+                if ref.file and ref.sha256:  # a pinned file is checked offline too, once
+                    _verify(target, ref.sha256)
+                    _record(target, ref.sha256)
                 return target
             raise FetchError("not in the cache and --offline forbids downloading")
+        log.info("downloading %s from Hugging Face (revision %s)", f"{ref.repo}/{ref.file or ''}".rstrip("/"),
+                 ref.revision or "main", extra={"event": "fetch", "repo": ref.repo, "file": ref.file,
+                                                "revision": ref.revision})
         try:
             if ref.file:
                 path = Path(huggingface_hub.hf_hub_download(ref.repo, ref.file, revision=ref.revision, local_dir=folder))

@@ -13,8 +13,10 @@ from pathlib import Path
 from gateway.http import HTTPError, Request
 from schemas.manifest import ApiKey, ServerSettings
 
-# Paths that never need a key: probes must work for orchestrators.
-OPEN_PATHS = {"/health", "/ready", "/metrics"}
+# Paths that never need a key: probes must work for orchestrators; the playground page and its
+# files hold no data (the API calls the page makes carry the key).
+OPEN_PATHS = {"/health", "/ready", "/metrics", "/", "/playground"}
+OPEN_PREFIXES = ("/static/",)
 
 current_key: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("nexa_api_key", default=None)
 
@@ -41,7 +43,8 @@ class Authenticator:
 
     def authenticate(self, request: Request) -> ApiKey | None:
         """The matching key, or a 401. Every key is compared, so timing says nothing about which one is close."""
-        if not self.keys or request.path in OPEN_PATHS or request.method == "OPTIONS":
+        if (not self.keys or request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES)
+                or request.method == "OPTIONS"):
             return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")

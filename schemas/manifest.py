@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
@@ -29,6 +30,7 @@ class ModelFormat(str, Enum):
     gguf = "gguf"
     onnx = "onnx"
     bin = "bin"
+    remote = "remote"  # an upstream OpenAI-compatible API (base_url); nothing is downloaded
 
 
 class Device(str, Enum):
@@ -121,7 +123,10 @@ class ModelSpec(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     type: ModelType = ModelType.NLP
     format: ModelFormat = ModelFormat.gguf
-    source: str = Field(min_length=1, description="catalog name, local path, hf:owner/repo[/file] or pypi:pkg==ver#member")
+    # Required, except for `format: remote` models, whose source is their base_url (validated below).
+    source: str | None = Field(None, min_length=1, validate_default=True,
+                               description="catalog name, local path, hf:owner/repo[/file] or pypi:pkg==ver#member "
+                                           "(remote models: their base_url)")
     file: str | None = Field(None, description="file inside a hub repository or a local folder")
     revision: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -146,6 +151,49 @@ class ModelSpec(BaseModel):
     mmproj: str | None = Field(None, min_length=1, validate_default=True,
                                description="projector file (mmproj GGUF) of a MULTIMODAL model")
     handler: str | None = Field(None, min_length=1, description="vision chat handler, e.g. mtmd, llava-1.5")
+    # format: remote -- an OpenAI-compatible upstream that this gateway forwards requests to.
+    base_url: str | None = Field(None, pattern=r"^https?://", validate_default=True,
+                                 description="remote models: the upstream's OpenAI API root, e.g. http://host:8000/v1")
+    api_key: str | None = Field(None, description="remote models: bearer key sent upstream; use ${VAR}")
+    remote_model: str | None = Field(None, min_length=1, description="remote models: the upstream's model name "
+                                                                     "(default: this model's name)")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None, info: Any) -> str | None:
+        remote = info.data.get("format") == ModelFormat.remote
+        if value is None and not remote:
+            raise PydanticCustomError("missing", "Field required")
+        if value is not None and not remote and re.match(r"^https?://", value):
+            raise ValueError("an http(s) URL is the upstream of a `format: remote` model; model files come from "
+                             "a catalog name, a path, hf:owner/repo[/file] or pypi:pkg==ver#member")
+        return value
+
+    @field_validator("base_url", "api_key", "remote_model")
+    @classmethod
+    def _remote_fields(cls, value: str | None, info: Any) -> str | None:
+        if "format" not in info.data or "source" not in info.data:
+            return value  # format or source already failed
+        remote = info.data["format"] == ModelFormat.remote
+        if value is not None and not remote:
+            raise ValueError("only for `format: remote` models")
+        if info.field_name == "base_url" and remote:
+            source = info.data["source"]
+            if value is None:
+                if not source or not re.match(r"^https?://", source):
+                    raise ValueError("required for remote models: the upstream's OpenAI API root, "
+                                     "e.g. http://host:8000/v1 (or give it as `source`)")
+                value = source
+            elif source and source != value:
+                raise ValueError(f"differs from source {source!r}; a remote model's source is its base_url")
+            value = value.rstrip("/")
+        return value
+
+    @model_validator(mode="after")
+    def _remote_source(self) -> "ModelSpec":
+        if self.format == ModelFormat.remote:
+            self.source = self.base_url  # one place that names the upstream, shown by plans and logs
+        return self
 
     @field_validator("mmproj", "handler")
     @classmethod

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from backends.base import Delta, SamplingParams
 from gateway import metrics
+from gateway.images_in import resolve_image_parts
 from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
 from gateway.routes.common import SSE_HEADERS, parse_body, sse
 from gateway.pool import ModelHandle
@@ -213,6 +214,8 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     handle = gw.select_model(body.model, "chat", request.path)
     params = sampling(body, handle, default_max=None)
     messages = chat_messages(body, handle)
+    if "vision" in handle.capabilities:
+        messages = await resolve_image_parts(messages, gw.manifest.server)
     tools, tool_choice = _tools_of(body)
     options: dict[str, Any] = {}
     if tools:

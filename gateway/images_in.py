@@ -1,0 +1,167 @@
+"""Images in chat requests, made ready for a vision model before it sees them.
+
+Every image part leaves here as a `data:` URL, so backends never do network
+I/O: data: URLs are checked, raw base64 is wrapped, and http(s) URLs are
+fetched only from hosts the manifest allows (`server.image_url_hosts`), with
+a size cap (`image_fetch_max_bytes`) and a time cap (`image_fetch_timeout_s`),
+on the event loop with httpx's async client so no thread is held while waiting.
+Redirects are followed by hand, each hop checked against the allowlist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from backends.image_data import ImageDataError, decode_image_url, is_remote, part_url, sniff, to_data_url
+from gateway.http import HTTPError
+from schemas.manifest import ServerSettings
+
+log = logging.getLogger("nexa.images")
+
+IMAGE_PARTS = ("image_url", "input_image", "image")
+MAX_REDIRECTS = 3
+
+
+def host_allowed(url: str, allowed: list[str]) -> bool:
+    """`example.com` matches that host on any port, `*.example.com` its subdomains,
+    `example.com:8443` that port only. Matching is case-insensitive; IPv6 hosts go in brackets."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not host or parts.scheme.lower() not in ("http", "https"):
+        return False
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return False
+    shown = f"[{host}]" if ":" in host else host
+    for entry in allowed:
+        name, entry_port = _split_entry(entry.strip().lower())
+        if not name or (entry_port is not None and entry_port != port):
+            continue
+        if name.startswith("*."):
+            if shown.endswith(name[1:]):
+                return True
+        elif shown == name:
+            return True
+    return False
+
+
+def _split_entry(entry: str) -> tuple[str, int | None]:
+    """"host", "host:port", "[v6]" or "[v6]:port" -> (host, port or None)."""
+    if entry.startswith("["):
+        end = entry.find("]")
+        name, rest = entry[: end + 1], entry[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        name, port = entry.split(":")
+    else:
+        name, port = entry, ""
+    return name, int(port) if port.isdigit() else None
+
+
+async def fetch_image(url: str, settings: ServerSettings, *, param: str,
+                      client: httpx.AsyncClient | None = None) -> bytes:
+    """GET an allowed image URL within the byte and time limits; every failure is a 400."""
+    timeout = settings.image_fetch_timeout_s
+    own = client is None
+    client = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False)
+    try:
+        return await asyncio.wait_for(_fetch(client, url, settings, param), timeout)
+    except asyncio.TimeoutError:
+        raise HTTPError(400, f"Fetching the image took longer than {timeout:g}s (server.image_fetch_timeout_s).",
+                        param=param, code="image_fetch_failed") from None
+    except httpx.HTTPError as exc:
+        raise HTTPError(400, f"Fetching the image failed: {type(exc).__name__}: {exc}", param=param,
+                        code="image_fetch_failed") from None
+    finally:
+        if own:
+            await client.aclose()
+
+
+async def _fetch(client: httpx.AsyncClient, url: str, settings: ServerSettings, param: str) -> bytes:
+    limit, started = settings.image_fetch_max_bytes, time.monotonic()
+    for _ in range(MAX_REDIRECTS + 1):
+        if not host_allowed(url, settings.image_url_hosts):
+            raise HTTPError(400, f"Image URL host {urlsplit(url).hostname!r} is not allowed; this gateway fetches "
+                                 "images only from the hosts in server.image_url_hosts. Send the image as a "
+                                 "data: URL or base64 instead.", param=param, code="image_url_not_allowed")
+        async with client.stream("GET", url, headers={"accept": "image/*"}) as response:
+            if response.is_redirect and "location" in response.headers:
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code != 200:
+                raise HTTPError(400, f"Fetching the image failed: {url} answered {response.status_code}.",
+                                param=param, code="image_fetch_failed")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(limit, param)
+            data = bytearray()
+            async for piece in response.aiter_bytes():
+                data += piece
+                if len(data) > limit:
+                    raise _too_large(limit, param)
+            log.info("fetched image from %s: %d bytes in %.0f ms", urlsplit(url).hostname, len(data),
+                     (time.monotonic() - started) * 1000, extra={"event": "image_fetched", "bytes": len(data)})
+            return bytes(data)
+    raise HTTPError(400, f"Fetching the image failed: more than {MAX_REDIRECTS} redirects.", param=param,
+                    code="image_fetch_failed")
+
+
+def _too_large(limit: int, param: str) -> HTTPError:
+    return HTTPError(400, f"The image is larger than {limit} bytes (server.image_fetch_max_bytes).", param=param,
+                     code="image_too_large")
+
+
+async def resolve_image_parts(messages: list[dict[str, Any]], settings: ServerSettings) -> list[dict[str, Any]]:
+    """Return `messages` with every image part as {"type": "image_url", "image_url": {"url": <data URL>}}.
+
+    Call it in the route for models with the "vision" capability, after `chat_messages`.
+    Malformed images, forbidden hosts, failed, slow or oversized fetches are HTTPError 400s."""
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list) or not any(_is_image(p) for p in content):
+            out.append(message)
+            continue
+        parts = []
+        for number, part in enumerate(content):
+            if not _is_image(part):
+                parts.append(part)
+                continue
+            param = f"messages[{index}].content[{number}].image_url"
+            try:
+                url = part_url(part)
+                if is_remote(url):
+                    data = await fetch_image(url.strip(), settings, param=param)
+                else:
+                    data = decode_image_url(url)
+            except ImageDataError as exc:
+                raise HTTPError(400, f"Invalid image: {exc}.", param=param, code="invalid_image") from None
+            if sniff(data) is None and not _pillow_reads(data):
+                raise HTTPError(400, "Invalid image: the data is not an image format this gateway reads "
+                                     "(PNG, JPEG, GIF, BMP, WebP, ...).", param=param, code="invalid_image")
+            parts.append({"type": "image_url", "image_url": {"url": to_data_url(data)}})
+        out.append({**message, "content": parts})
+    return out
+
+
+def _is_image(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") in IMAGE_PARTS
+
+
+def _pillow_reads(data: bytes) -> bool:
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Exception:  # noqa: BLE001 - any failure means "not an image we can read"
+        return False

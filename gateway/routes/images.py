@@ -1,0 +1,156 @@
+"""Image routes: Nexa's /v1/txt2img and /v1/img2img, OpenAI's /v1/images/generations, and the
+GET route that serves the PNGs the gateway wrote.
+
+Generation, PNG encoding and file writes run on the model's own thread (`handle.call`);
+input images are read and decoded in a worker thread; the event loop only parses and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from backends.diffusion import ImageParams
+from gateway.http import HTTPError, Request, Response, json_response
+from gateway.images import ImageStore, decode_inline, open_image, png_bytes, read_input_file, resolve_input_path
+from gateway.routes.common import parse_body
+from schemas.images import (
+    MAX_SIDE,
+    ImageGenerationRequest,
+    Img2ImgRequest,
+    NexaImage,
+    NexaImageResponse,
+    OpenAIImage,
+    OpenAIImageResponse,
+    Txt2ImgRequest,
+)
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+FILES_PATH = "/v1/images/files"
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def _store(gw: "Gateway") -> ImageStore:
+    return ImageStore(gw.manifest.server.image_output_dir)
+
+
+def _file_url(gw: "Gateway", request: Request, name: str) -> str:
+    """Where this gateway serves `name`, as the client reached it (its Host header)."""
+    host = request.headers.get("host", "")
+    if not _HOST.match(host):
+        host = f"{gw.manifest.server.host}:{gw.manifest.server.port}"
+    scheme = request.headers.get("x-forwarded-proto", "http")
+    scheme = scheme if scheme in ("http", "https") else "http"
+    return f"{scheme}://{host}{FILES_PATH}/{name}"
+
+
+def _params(body: Any, request: Request, width: int, height: int, **extra: Any) -> ImageParams:
+    return ImageParams(prompt=body.prompt, negative_prompt=body.negative_prompt or "", width=width, height=height,
+                       steps=body.sample_steps, cfg_scale=body.cfg_scale, seed=body.seed,
+                       request_id=request.state.get("request_id"), **extra)
+
+
+def _render(params: ImageParams, store: ImageStore | None) -> Callable[[Any], list[dict[str, Any]]]:
+    """The work for the model thread: generate, encode PNG and base64, save if asked."""
+
+    def work(backend: Any) -> list[dict[str, Any]]:
+        results = []
+        for generated in backend.generate(params):
+            png = png_bytes(generated.image)
+            results.append({
+                "b64": base64.b64encode(png).decode("ascii"),
+                "name": store.save(png) if store is not None else None,
+                "seed": generated.seed,
+                "size": generated.image.size,
+            })
+        return results
+
+    return work
+
+
+def _headers(results: list[dict[str, Any]]) -> dict[str, str]:
+    width, height = results[0]["size"]
+    return {"x-image-seed": str(results[0]["seed"]), "x-image-size": f"{width}x{height}"}
+
+
+async def txt2img(gw: "Gateway", request: Request) -> Response:
+    body = parse_body(Txt2ImgRequest, request)
+    if body.image_path:
+        raise HTTPError(400, "image_path is the input image of /v1/img2img; /v1/txt2img takes none.",
+                        param="image_path", code="invalid_value")
+    handle = gw.select_model(body.model, "txt2img", request.path)
+    store = _store(gw)
+    results = await handle.call(_render(_params(body, request, body.width, body.height), store))
+    response = NexaImageResponse(created=time.time(), data=[
+        NexaImage(base64=r["b64"], url=_file_url(gw, request, r["name"])) for r in results])
+    return json_response(response.model_dump(), headers=_headers(results))
+
+
+def _fit(image_size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
+    """Missing sides follow the input image's aspect ratio, within MAX_SIDE."""
+    iw, ih = image_size
+    if width is None and height is None:
+        scale = min(1.0, MAX_SIDE / max(iw, ih))
+        width, height = round(iw * scale), round(ih * scale)
+    elif width is None:
+        width = round(height * iw / ih)
+    elif height is None:
+        height = round(width * ih / iw)
+    return max(1, min(MAX_SIDE, width)), max(1, min(MAX_SIDE, height))
+
+
+def _load_input(body: Img2ImgRequest, allowed_dirs: list[str]) -> Any:
+    if body.image:
+        return open_image(decode_inline(body.image), "image")
+    path = resolve_input_path(body.image_path, allowed_dirs)
+    return open_image(read_input_file(path), "image_path")
+
+
+async def img2img(gw: "Gateway", request: Request) -> Response:
+    body = parse_body(Img2ImgRequest, request)
+    if bool(body.image) == bool(body.image_path):
+        raise HTTPError(400, "Send the input image as exactly one of `image` (base64 or a data URL) and "
+                             "`image_path` (a file in the manifest's server.image_input_dirs).",
+                        param="image", code="invalid_value")
+    handle = gw.select_model(body.model, "img2img", request.path)
+    image = await asyncio.to_thread(_load_input, body, list(gw.manifest.server.image_input_dirs))
+    width, height = _fit(image.size, body.width, body.height)
+    params = _params(body, request, width, height, init_image=image, strength=body.strength)
+    store = _store(gw)
+    results = await handle.call(_render(params, store))
+    response = NexaImageResponse(created=time.time(), data=[
+        NexaImage(base64=r["b64"], url=_file_url(gw, request, r["name"])) for r in results])
+    return json_response(response.model_dump(), headers=_headers(results))
+
+
+async def generations(gw: "Gateway", request: Request) -> Response:
+    body = parse_body(ImageGenerationRequest, request)
+    handle = gw.select_model(body.model, "txt2img", request.path)
+    width, height = body.dimensions()
+    as_url = body.response_format == "url"
+    store = _store(gw) if as_url else None
+    results = await handle.call(_render(_params(body, request, width, height, count=body.n), store))
+    data = [OpenAIImage(url=_file_url(gw, request, r["name"])) if as_url else OpenAIImage(b64_json=r["b64"])
+            for r in results]
+    response = OpenAIImageResponse(created=int(time.time()), data=data)
+    return json_response(response.model_dump(exclude_none=True), headers=_headers(results))
+
+
+async def image_file(gw: "Gateway", request: Request) -> Response:
+    path = _store(gw).path_of(request.path_params["name"])
+    data = await asyncio.to_thread(path.read_bytes)
+    return Response(200, {"content-type": "image/png", "cache-control": "private, max-age=86400",
+                          "x-content-type-options": "nosniff"}, data)
+
+
+ROUTES = [
+    ("POST", "/v1/txt2img", "txt2img", txt2img),
+    ("POST", "/v1/img2img", "img2img", img2img),
+    ("POST", "/v1/images/generations", "txt2img", generations),
+    ("GET", FILES_PATH + "/{name}", "txt2img", image_file),
+]
