@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backends import tools as tools_mod
+from backends.stops import StopScanner
 from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, Usage
 from schemas.manifest import Device, ModelSpec
 
@@ -43,7 +44,8 @@ def open_llama(path: Path, kwargs: dict[str, Any]) -> Any:
         raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
 
 
-def _gpu_layers(spec: ModelSpec) -> int:
+def gpu_layers(spec: ModelSpec) -> int:
+    """Layers to offload: the manifest's number, else all on a GPU device, none on the CPU."""
     if spec.n_gpu_layers is not None:
         return spec.n_gpu_layers
     if spec.device == Device.cpu:
@@ -79,7 +81,7 @@ class LlamaBackend(Backend):
         kwargs: dict[str, Any] = {
             "model_path": str(path),
             "n_ctx": spec.nctx,
-            "n_gpu_layers": _gpu_layers(spec),
+            "n_gpu_layers": gpu_layers(spec),
             "verbose": bool(options.pop("verbose", False)),
         }
         if spec.n_threads:
@@ -204,12 +206,10 @@ class LlamaBackend(Backend):
         grammar = None
         if params.grammar:
             grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
-        stops = [s for s in params.stop if s]
-        holdback = max((len(s) for s in stops), default=1) - 1
+        scanner = StopScanner(params.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
         completion: list[int] = []
-        text, sent, matched = "", 0, None
         finish = "length"
         tokens = llm.generate(
             prompt_tokens,
@@ -231,41 +231,23 @@ class LlamaBackend(Backend):
                     finish = "stop"
                     break
                 completion.append(token)
-                text += decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1]))
-                cut = _first_stop(text, stops, max(0, sent - holdback))
-                if cut is not None:
-                    matched = next(s for s in stops if text.startswith(s, cut))
-                    text, finish = text[:cut], "stop"
+                piece = scanner.feed(decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1])))
+                if piece:
+                    yield Delta(text=piece)
+                if scanner.matched is not None:
+                    finish = "stop"
                     break
-                safe = len(text) - _partial_stop_len(text, stops)
-                if safe > sent:
-                    yield Delta(text=text[sent:safe])
-                    sent = safe
                 if len(completion) >= budget:
                     finish = "length"
                     break
         finally:
             tokens.close()
-        text += decoder.decode(b"", final=True) if finish != "stop" or not stops else ""
-        if len(text) > sent:
-            yield Delta(text=text[sent:])
-        yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)), stop_sequence=matched)
+        rest = scanner.rest(decoder.decode(b"", final=True))
+        if rest:
+            yield Delta(text=rest)
+        yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)),
+                    stop_sequence=scanner.matched)
 
-
-def _first_stop(text: str, stops: list[str], start: int) -> int | None:
-    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _partial_stop_len(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop sequence."""
-    best = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), best, -1):
-            if stop.startswith(text[-size:]):
-                best = size
-                break
-    return best
 
 
 def _json_grammar(schema: dict) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import LoadError
-from backends.llama import open_llama
+from backends.llama import gpu_layers as _gpu_layers, open_llama
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
 from schemas.manifest import Device, ModelSpec
 
@@ -36,18 +36,6 @@ log = logging.getLogger("nexa.backends.llama_embed")
 OPTIONS = {"pooling": str, "normalize": bool}
 POOLING_NAMES = {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 POOLING_TYPES = {"mean": 1, "cls": 2, "last": 3}
-
-
-def _gpu_layers(spec: ModelSpec) -> int:
-    if spec.n_gpu_layers is not None:
-        return spec.n_gpu_layers
-    if spec.device == Device.cpu:
-        return 0
-    if spec.device == Device.auto:
-        import llama_cpp
-
-        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    return -1
 
 
 class LlamaEmbedBackend(EmbeddingBackend):

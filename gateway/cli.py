@@ -124,7 +124,7 @@ def _guess_format(path: Path, model_type: str) -> str:
     .onnx files is onnx; anything else is gguf."""
     if model_type == "AUDIO":
         return "bin"
-    if path.is_dir() and any(path.glob("*.onnx")):
+    if path.is_dir() and (any(path.glob("*.onnx")) or any(path.glob("onnx/*.onnx"))):
         return "onnx"
     return "gguf"
 

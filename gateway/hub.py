@@ -96,7 +96,8 @@ def fetch(spec: ModelSpec, *, offline: bool = False) -> Path:
         ref = HubRef(repo=f"{owner}/{repo}", file=spec.file or file or None, revision=spec.revision, sha256=spec.sha256)
         if ref.file is None and spec.format.value == "gguf":
             ref = HubRef(repo=ref.repo, file=_pick_gguf(ref, offline), revision=ref.revision, sha256=ref.sha256)
-        return _hf(ref, offline)
+        companions = ["*.json", "*.jinja", "*.txt", "*.model"] if spec.format.value == "onnx" else None
+        return _hf(ref, offline, companions=companions)
     except FetchError as exc:
         raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: {exc}") from None
 
@@ -304,8 +305,11 @@ def _progress(label: str, done: int, total: int) -> None:
         log.info("%s: %.0f%%", label, 100.0 * done / max(total, 1), extra={"event": "progress", "done": done, "total": total})
 
 
-def _hf(ref: HubRef, offline: bool, folder: Path | None = None) -> Path:
-    """Fetch a Hugging Face file (or whole repository) into the nexa cache."""
+def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list[str] | None = None) -> Path:
+    """Fetch a Hugging Face file (or whole repository) into the nexa cache.
+
+    `companions` are glob patterns fetched beside the file (an ONNX model's external data,
+    tokenizer and configs), so one named file is enough for formats that are folders at heart."""
     try:
         import huggingface_hub
         from huggingface_hub.utils import HfHubHTTPError
@@ -327,7 +331,11 @@ def _hf(ref: HubRef, offline: bool, folder: Path | None = None) -> Path:
                  ref.revision or "main", extra={"event": "fetch", "repo": ref.repo, "file": ref.file,
                                                 "revision": ref.revision})
         try:
-            if ref.file:
+            if ref.file and companions:
+                huggingface_hub.snapshot_download(ref.repo, revision=ref.revision, local_dir=folder,
+                                                  allow_patterns=[ref.file, ref.file + "_data", *companions])
+                path = folder / ref.file
+            elif ref.file:
                 path = Path(huggingface_hub.hf_hub_download(ref.repo, ref.file, revision=ref.revision, local_dir=folder))
             else:
                 path = Path(huggingface_hub.snapshot_download(ref.repo, revision=ref.revision, local_dir=folder))

@@ -277,7 +277,7 @@ def test_a_bad_source_is_a_fetch_error_naming_the_model(tmp_path: Path, monkeypa
 
 def test_hf_sources_split_into_repository_and_file(monkeypatch: pytest.MonkeyPatch, cache: Path):
     seen = []
-    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None: seen.append((ref, offline)) or Path("/x"))
+    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None, companions=None: seen.append((ref, offline)) or Path("/x"))
     hub.fetch(ModelSpec(name="a", source="hf:owner/repo", type="AUDIO", format="bin"))  # a folder repo: all of it
     hub.fetch(ModelSpec(name="b", source="hf:owner/repo/sub/file.gguf", revision="v1"), offline=True)
     hub.fetch(ModelSpec(name="c", source="hf:owner/repo", file="f.gguf", sha256="a" * 64))
