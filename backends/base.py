@@ -66,13 +66,22 @@ class Usage:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
 class Delta:
     """A piece of generated output. The last one carries finish_reason and usage."""
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
-    logprobs: Any = None
+    logprobs: list[TokenLogprob] | None = None
     tool_calls: list[dict] | None = None
     stop_sequence: str | None = None  # which stop sequence ended generation, if one did
 

@@ -16,9 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from backends import tools as tools_mod
+from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, TokenLogprob, Usage
 from backends.stops import StopScanner
-from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, Usage
 from schemas.manifest import Device, ModelSpec
 
 # Used when a GGUF carries no chat template (e.g. base models such as Gemma 3 270M).
@@ -192,6 +194,16 @@ class LlamaBackend(Backend):
             yield delta
 
 
+    def _logprob(self, token: int, top: int) -> "TokenLogprob":
+        """The model's own distribution at this step (before grammar or penalties), as log-probabilities."""
+        llm = self.llm
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+        logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+        best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
+        best = best[np.argsort(-logprobs[best])]
+        piece = lambda i: llm.detokenize([int(i)]).decode("utf-8", errors="replace")  # noqa: E731
+        return TokenLogprob(piece(token), float(logprobs[token]), [(piece(i), float(logprobs[i])) for i in best])
+
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         import llama_cpp
 
@@ -211,6 +223,7 @@ class LlamaBackend(Backend):
         vocab = llm._model.vocab
         completion: list[int] = []
         finish = "length"
+        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
         tokens = llm.generate(
             prompt_tokens,
             top_k=params.top_k,
@@ -231,9 +244,12 @@ class LlamaBackend(Backend):
                     finish = "stop"
                     break
                 completion.append(token)
+                if params.logprobs is not None:
+                    pending.append(self._logprob(token, params.logprobs))
                 piece = scanner.feed(decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1])))
                 if piece:
-                    yield Delta(text=piece)
+                    yield Delta(text=piece, logprobs=pending or None)
+                    pending = []
                 if scanner.matched is not None:
                     finish = "stop"
                     break
@@ -243,8 +259,8 @@ class LlamaBackend(Backend):
         finally:
             tokens.close()
         rest = scanner.rest(decoder.decode(b"", final=True))
-        if rest:
-            yield Delta(text=rest)
+        if rest or pending:
+            yield Delta(text=rest, logprobs=pending or None)
         yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)),
                     stop_sequence=scanner.matched)
 

@@ -219,3 +219,29 @@ def test_client_disconnect_frees_the_model(text_server):
     # Finishing the abandoned stream would take ~1480 more tokens; the next request must not wait for that.
     remaining_time = (1500 - received) / rate
     assert waited < remaining_time / 4, (waited, remaining_time)
+
+
+def test_completion_logprobs_are_the_models_distribution(client):
+    answer = client.completions.create(model="smollm2", prompt="1, 2, 3, 4,", max_tokens=5, temperature=0, logprobs=3)
+    lp = answer.choices[0].logprobs
+    assert len(lp.tokens) == answer.usage.completion_tokens == len(lp.token_logprobs) == len(lp.top_logprobs)
+    assert "".join(lp.tokens) == answer.choices[0].text
+    assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert logprob <= 0 and len(top) == 3
+        # greedy: the chosen token is the most likely one
+        assert abs(max(top.values()) - logprob) < 1e-6 and token in top
+
+
+def test_chat_logprobs_streamed_and_not(client):
+    kwargs = dict(model="smollm2", messages=[{"role": "user", "content": "Say yes."}], max_tokens=4, temperature=0,
+                  logprobs=True, top_logprobs=2)
+    answer = client.chat.completions.create(**kwargs)
+    content = answer.choices[0].logprobs.content
+    assert "".join(c.token for c in content) == answer.choices[0].message.content
+    assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 and bytes(c.bytes).decode() == c.token for c in content)
+    streamed = [c for chunk in client.chat.completions.create(stream=True, **kwargs)
+                if chunk.choices and chunk.choices[0].logprobs for c in chunk.choices[0].logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    plain = client.chat.completions.create(**{**kwargs, "logprobs": False})
+    assert plain.choices[0].logprobs is None

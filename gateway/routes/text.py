@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from backends.base import Delta, SamplingParams
 from gateway import metrics
 from gateway.images_in import resolve_image_parts
+from gateway.logprobs import chat_logprobs, completion_logprobs
 from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
 from gateway.routes.common import SSE_HEADERS, parse_body, sse
 from gateway.pool import ModelHandle
@@ -116,6 +117,7 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
     body: CompletionRequest = parse_body(CompletionRequest, request)
     handle = gw.select_model(body.model, "complete", request.path)
     params = sampling(body, handle, default_max=128)
+    params.logprobs = body.logprobs
     prompt = body.prompt
     deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
     request.state["stream"] = body.stream
@@ -123,9 +125,15 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if body.echo and isinstance(prompt, str) else ""
 
-    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+    offset = [len(echo)]
+
+    def chunk(text: str, finish: str | None, entries: list | None = None) -> dict[str, Any]:
+        logprobs = None
+        if entries and body.logprobs is not None:
+            logprobs = completion_logprobs(entries, offset[0])
+            offset[0] += sum(len(e.token) for e in entries)
         return {"id": cid, "object": "text_completion", "created": created, "model": handle.name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -135,8 +143,8 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
                 yield sse(chunk(echo, None))
             try:
                 async for delta in _chain(first, deltas):
-                    if delta.text:
-                        yield sse(chunk(delta.text, None))
+                    if delta.text or delta.logprobs:
+                        yield sse(chunk(delta.text, None, delta.logprobs))
                     if delta.finish_reason:
                         yield sse(chunk("", _finish(delta)))
                         if include_usage:
@@ -147,13 +155,15 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
 
         return StreamResponse(_closing(events(), deltas), headers=dict(SSE_HEADERS))
 
-    text, last = echo, None
+    text, last, entries = echo, None, []
     async for delta in _chain(first, deltas):
         text += delta.text
+        entries += delta.logprobs or []
         last = delta if delta.finish_reason else last
+    logprobs = completion_logprobs(entries, len(echo)) if body.logprobs is not None else None
     answer = CompletionResponse(
         id=cid, created=created, model=handle.name,
-        choices=[CompletionChoice(text=text, finish_reason=_finish(last) if last else "stop")],
+        choices=[CompletionChoice(text=text, logprobs=logprobs, finish_reason=_finish(last) if last else "stop")],
         usage=_usage(last), result=text,
     )
     return json_response(answer.model_dump(mode="json"))
@@ -213,6 +223,7 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     body: ChatRequest = parse_body(ChatRequest, request)
     handle = gw.select_model(body.model, "chat", request.path)
     params = sampling(body, handle, default_max=None)
+    params.logprobs = (body.top_logprobs or 0) if body.logprobs else None
     messages = chat_messages(body, handle)
     if "vision" in handle.capabilities:
         messages = await resolve_image_parts(messages, gw.manifest.server)
@@ -230,17 +241,17 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-        def chunk(delta: ChunkDelta, finish: str | None = None) -> bytes:
-            return sse(ChatChunk(id=cid, created=created, model=handle.name,
-                                 choices=[ChatChunkChoice(delta=delta, finish_reason=finish)]).model_dump(
-                mode="json", exclude_none=False))
+        def chunk(delta: ChunkDelta, finish: str | None = None, entries: list | None = None) -> bytes:
+            logprobs = chat_logprobs(entries) if entries and body.logprobs else None
+            return sse(ChatChunk(id=cid, created=created, model=handle.name, choices=[
+                ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]).model_dump(mode="json"))
 
         async def events() -> AsyncIterator[bytes]:
             yield chunk(ChunkDelta(role="assistant", content=""))
             try:
                 async for delta in _chain(first, deltas):
                     if delta.text:
-                        yield chunk(ChunkDelta(content=delta.text))
+                        yield chunk(ChunkDelta(content=delta.text), entries=delta.logprobs)
                     for index, call in enumerate(delta.tool_calls or []):
                         # As OpenAI streams them: id, type and name first, then the arguments.
                         head = {"index": index, "id": call["id"], "type": "function",
@@ -259,9 +270,10 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
 
         return StreamResponse(_closing(events(), deltas), headers=dict(SSE_HEADERS))
 
-    text, last = "", None
+    text, last, entries = "", None, []
     async for delta in _chain(first, deltas):
         text += delta.text
+        entries += delta.logprobs or []
         last = delta if delta.finish_reason else last
     calls = last.tool_calls if last is not None else None
     message = AssistantMessage(content=None if calls else text, tool_calls=calls)
@@ -269,7 +281,8 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
         message.function_call = dict(calls[0]["function"])  # the pre-tools field some clients still read
     answer = ChatResponse(
         id=cid, created=created, model=handle.name,
-        choices=[ChatChoice(message=message, finish_reason=_finish(last) if last else "stop")],
+        choices=[ChatChoice(message=message, finish_reason=_finish(last) if last else "stop",
+                            logprobs=chat_logprobs(entries) if body.logprobs and not calls else None)],
         usage=_usage(last),
     )
     data = answer.model_dump(mode="json")
