@@ -9,6 +9,7 @@ stop sequences that never leak a partial match to the client.
 from __future__ import annotations
 
 import codecs
+import importlib.util
 import json
 import random
 import threading
@@ -69,10 +70,8 @@ class LlamaBackend(Backend):
 
     @classmethod
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LoadError("llama-cpp-python is not installed")
         if path.is_dir():
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) != 1:

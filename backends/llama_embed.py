@@ -29,7 +29,7 @@ import numpy as np
 from backends.base import LoadError
 from backends.llama import gpu_layers as _gpu_layers, open_llama
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
-from schemas.manifest import Device, ModelSpec
+from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.backends.llama_embed")
 

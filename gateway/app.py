@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 import uuid
 
 from pydantic import ValidationError
 
-from backends.base import BackendError
+from backends.base import BackendError, UpstreamError
 from gateway import metrics, routes
 from gateway.config import manifest_hash
 from gateway.http import HTTPError, Request, Response, Router, StreamResponse
@@ -113,6 +114,7 @@ class Gateway:
                 for m in new.models]
         self.manifest = new.model_copy(update={"models": kept})
         self.manifest_hash = manifest_hash(self.manifest)
+        self.auth = Authenticator(load_keys(new.server))  # key changes apply without a restart
         self._wire_routes()
         return failed
 
@@ -176,6 +178,11 @@ class Gateway:
                                  headers={"retry-after": str(exc.retry_after)}).response()
         except BackendError as exc:
             response = HTTPError(400, str(exc), code="invalid_request").response()
+        except UpstreamError as exc:
+            headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after else None
+            response = HTTPError(exc.status, str(exc), code=exc.code,
+                                 type="rate_limit_error" if exc.status == 429 else "server_error",
+                                 headers=headers).response()
         except ValidationError as exc:
             response = HTTPError(400, str(exc.errors()[0]["msg"]), code="invalid_value").response()
         except Exception:  # noqa: BLE001 - logged with its traceback, answered without it

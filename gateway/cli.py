@@ -6,13 +6,15 @@ a manifest file. The CLI never reads standard input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from gateway import catalog
+from gateway import catalog, gitops
 from gateway.config import ManifestError, build, load_file
 from gateway.hub import FetchError, fetch, fetch_model
 from gateway.logs import setup_logging
@@ -60,6 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", help="fetch and verify every model a manifest (or MODEL) needs")
     pull.add_argument("words", nargs="*", metavar="MODEL")
     _add_manifest_flags(pull)
+    gitops.add_arguments("schema", commands.add_parser("schema", help="print the manifest's JSON Schema (for editors and CI)"))
+    gitops.add_arguments("plan", commands.add_parser("plan", help="what a reload from OLD to a new manifest would do"))
     return parser
 
 
@@ -147,15 +151,50 @@ def load_manifest(args: argparse.Namespace) -> Manifest:
         manifest = build(one_model_manifest(args), origin="command line")
     else:
         raise UsageError("give a MODEL (e.g. `nexa server smollm2`) or -c FILE")
-    overrides = {key: getattr(args, key, None) for key in ("host", "port", "engine", "playground")}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if getattr(args, "reload", False):
-        overrides["reload"] = True
-    if overrides:
-        data = manifest.model_dump(mode="json")
-        data["server"] = {**data["server"], **overrides}
-        manifest = build(data, origin="command line")
+    # Flags act like NEXA_* variables, not like manifest edits, so a reload of the file
+    # keeps them (and does not report them as server changes). main() exports them.
+    env = flag_environment(args)
+    if env:
+        with _environ(env):
+            manifest = build(manifest.model_dump(mode="json", exclude={"server"}) | {"server": _file_server(args)},
+                             origin="command line")
     return manifest
+
+
+def flag_environment(args: argparse.Namespace) -> dict[str, str]:
+    values = {key: getattr(args, key, None) for key in ("host", "port", "engine", "playground", "offline", "reload")}
+    env = {}
+    for key, value in values.items():
+        if value is None or (value is False and key != "playground"):
+            continue
+        env[f"NEXA_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def _file_server(args: argparse.Namespace) -> dict[str, Any]:
+    """The manifest file's own server section (flags and NEXA_* are applied on top of it)."""
+    if not args.config:
+        return {}
+    import yaml
+
+    from gateway.config import substitute
+
+    data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    return substitute(data.get("server") or {})
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def fetch_all(manifest: Manifest, offline: bool = False) -> None:
@@ -168,14 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     setup_logging()
+    if args.command in ("schema", "plan"):
+        return gitops.schema(args) if args.command == "schema" else gitops.plan(args)
     try:
         manifest = load_manifest(args)
+        os.environ.update(flag_environment(args))  # the server worker and every reload see the flags
         if args.command == "check":
             names = ", ".join(spec.name for spec in manifest.models)
             print(f"{args.config or 'manifest'}: ok ({len(manifest.models)} models: {names})")
             return 0
         setup_logging(manifest.server.log_level, manifest.server.log_format)
-        fetch_all(manifest, offline=getattr(args, "offline", False))
+        fetch_all(manifest, offline=manifest.server.offline)
         if args.command == "pull":
             return 0
         serve = importlib.import_module(f"gateway.servers.{manifest.server.engine}").serve

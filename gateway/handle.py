@@ -20,12 +20,15 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from backends.base import Backend, LoadError, backend_for
 from gateway import hub, metrics
 from gateway.channel import Channel
 from schemas.manifest import ModelSpec
+
+if TYPE_CHECKING:
+    from gateway.pool import ModelPool
 
 log = logging.getLogger("nexa.pool")
 
@@ -60,7 +63,7 @@ class _Job:
 class ModelHandle:
     """One declared model: its spec, state, replicas and their shared job queue."""
 
-    def __init__(self, spec: ModelSpec, pool: "ModelPool"):  # noqa: F821 - gateway.pool.ModelPool
+    def __init__(self, spec: ModelSpec, pool: "ModelPool"):
         self.spec = spec
         self.pool = pool
         self.state = ModelState.unloaded
@@ -163,7 +166,7 @@ class ModelHandle:
     def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
         backend: Backend | None = None
         try:
-            spec, path = hub.fetch_model(self.spec)
+            spec, path = hub.fetch_model(self.spec, offline=bool(getattr(self.pool.settings, "offline", False)))
             self.size_bytes = _size_of(path)
             backend = backend_for(spec).load(spec, path)
             self.backends.append(backend)

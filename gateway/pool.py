@@ -33,6 +33,7 @@ class ModelPool:
         self._janitor: asyncio.Task | None = None
         for spec in specs:
             self.handles[spec.name] = ModelHandle(spec, self)
+        self.required = {spec.name for spec in specs if spec.preload}
         self.reindex()
 
     def reindex(self) -> None:
@@ -55,7 +56,9 @@ class ModelPool:
             self._janitor = self.loop.create_task(self._expire_idle())
 
     def is_ready(self) -> bool:
-        return all(h.state == ModelState.ready for h in self if h.spec.preload)
+        """Every preload model of the starting manifest is loaded. Models a reload adds do not
+        count: otherwise one bad reload would take every replica of a deployment out of service."""
+        return all(h.state == ModelState.ready for h in self if h.name in self.required)
 
     async def make_room(self, incoming: ModelHandle) -> None:
         """Evict least-recently-used idle, unpinned models until `incoming` fits. Busy models are never evicted."""

@@ -67,6 +67,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     engine: Literal["granian", "robyn"] = "granian"
     playground: bool = True
+    offline: bool = Field(False, description="never download model files; use only the cache")
     reload: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.conftest import write_manifest
 

@@ -6,9 +6,9 @@ A handler is `async def handler(gateway, request) -> Response | StreamResponse`.
 
 from __future__ import annotations
 
-from gateway.routes import admin, audio, discovery, embeddings, images, playground, text
+from gateway.routes import admin, audio, discovery, embeddings, gitops, images, playground, text
 
-MODULES = [text, audio, embeddings, images, discovery, admin, playground]
+MODULES = [text, audio, embeddings, images, discovery, admin, playground, gitops]
 
 ROUTES = [route for module in MODULES for route in module.ROUTES]
 

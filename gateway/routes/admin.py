@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from gateway import metrics
 from gateway.http import HTTPError, Request, Response, json_response
+from gateway.security import current_key
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -17,6 +18,10 @@ async def prometheus(gw: "Gateway", request: Request) -> Response:
 
 async def reload_manifest(gw: "Gateway", request: Request) -> Response:
     """Same as a file change or SIGHUP: validate, diff, apply; a bad manifest is a 400 and changes nothing."""
+    key = current_key.get()
+    if key is not None and key.models is not None:
+        raise HTTPError(403, "This API key is limited to some models and may not reload the manifest.",
+                        code="admin_not_allowed")
     if gw.reloader is None:
         raise HTTPError(503, "Reloading is not available in this process.", code="reload_unavailable")
     outcome = await gw.reloader.reload("admin")
