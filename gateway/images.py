@@ -35,8 +35,9 @@ def default_output_dir() -> Path:
 class ImageStore:
     """Writes generated PNGs and finds them again by name."""
 
-    def __init__(self, folder: str | Path | None):
+    def __init__(self, folder: str | Path | None, keep: int | None = None):
         self.folder = Path(folder).expanduser() if folder else default_output_dir()
+        self.keep = keep
 
     def save(self, png: bytes) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,19 @@ class ImageStore:
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
         with os.fdopen(fd, "wb") as out:
             out.write(png)
+        self._prune()
         return name
+
+    def _prune(self) -> None:
+        """Keep only the newest `keep` images, so a long-running gateway does not fill its disk."""
+        if not self.keep:
+            return
+        files = [p for p in self.folder.glob("img-*.png") if OUTPUT_NAME.match(p.name)]
+        if len(files) <= self.keep:
+            return
+        files.sort(key=lambda p: p.stat().st_mtime_ns)
+        for old in files[: len(files) - self.keep]:
+            old.unlink(missing_ok=True)
 
     def path_of(self, name: str) -> Path:
         """The file for a name this gateway wrote; 404 for anything else (no traversal possible:

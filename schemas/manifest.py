@@ -88,6 +88,7 @@ class ServerSettings(BaseSettings):
     # generated images are written to image_output_dir (default: <nexa cache>/outputs).
     image_input_dirs: list[str] = Field(default_factory=list)
     image_output_dir: str | None = None
+    image_output_keep: int | None = Field(1000, gt=0, description="newest generated images kept; older ones deleted")
     # Vision chat: http(s) image URLs are fetched only from these hosts ("example.com", "*.example.com",
     # "127.0.0.1:8080"); empty: never (data: URLs and base64 always work).
     image_url_hosts: list[str] = Field(default_factory=list)

@@ -127,3 +127,17 @@ def test_manifest_image_folders_must_be_absolute():
         ServerSettings(image_input_dirs=["relative/in"])
     with pytest.raises(ValidationError):
         ServerSettings(image_output_dir="out")
+
+
+def test_the_output_folder_keeps_only_the_newest_images(tmp_path):
+    import os
+
+    from gateway.images import ImageStore
+
+    store = ImageStore(tmp_path, keep=3)
+    names = []
+    for i in range(5):
+        names.append(store.save(b"\x89PNG fake %d" % i))
+        os.utime(tmp_path / names[-1], ns=(i * 10**9, i * 10**9))  # distinct, ordered mtimes
+    store._prune()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])

@@ -36,7 +36,7 @@ _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?
 
 
 def _store(gw: "Gateway") -> ImageStore:
-    return ImageStore(gw.manifest.server.image_output_dir)
+    return ImageStore(gw.manifest.server.image_output_dir, gw.manifest.server.image_output_keep)
 
 
 def _file_url(gw: "Gateway", request: Request, name: str) -> str:
