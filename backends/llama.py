@@ -85,8 +85,8 @@ class LlamaBackend(Backend):
             "n_gpu_layers": gpu_layers(spec),
             "verbose": bool(options.pop("verbose", False)),
         }
-        if spec.n_threads:
-            kwargs["n_threads"] = spec.n_threads
+        if spec.n_threads:  # prompt processing too, unless options.n_threads_batch says otherwise
+            kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
         kwargs.update(options)
         return cls(spec, path, open_llama(path, kwargs))
 

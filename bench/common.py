@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,23 @@ class Process:
                 pass
         return total / 1024
 
+    def pids(self) -> list[int]:
+        """The process and its children (Granian runs its worker as a child)."""
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return [self.proc.pid, *(int(p) for p in children)]
+
+    def cpu_seconds(self, pids: list[int] | None = None) -> float:
+        """User + system CPU time of the process tree so far (clock-tick resolution);
+        pass `pids()` from earlier to save a pgrep per call."""
+        total = 0
+        for pid in pids or self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -83,11 +101,15 @@ def nexa(*args: str, port: int, **kwargs) -> Process:
                    port, **kwargs)
 
 
-def stream_completion(client: httpx.Client, url: str, body: dict) -> tuple[float, float, int]:
-    """(time to first token, total time, completion tokens) of one streamed completion."""
+def stream_completion(client: httpx.Client, url: str, body: dict, text: bool = False):
+    """(time to first token, total time, completion tokens) of one streamed completion,
+    plus the streamed text when `text` is true. Servers that send no usage chunk get
+    their content chunks counted instead."""
     started = time.perf_counter()
     first = None
-    tokens = 0
+    tokens = None
+    chunks = 0
+    pieces: list[str] = []
     with client.stream("POST", url, json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -97,9 +119,14 @@ def stream_completion(client: httpx.Client, url: str, body: dict) -> tuple[float
             if data.get("usage"):
                 tokens = data["usage"]["completion_tokens"]
             choices = data.get("choices") or []
-            if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")) and first is None:
-                first = time.perf_counter() - started
-    return first or 0.0, time.perf_counter() - started, tokens
+            piece = choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content"))
+            if piece:
+                chunks += 1
+                pieces.append(piece)
+                if first is None:
+                    first = time.perf_counter() - started
+    result = (first or 0.0, time.perf_counter() - started, chunks if tokens is None else tokens)
+    return (*result, "".join(pieces)) if text else result
 
 
 def median(values) -> float:
@@ -118,3 +145,28 @@ def table(headers: list[str], rows: list[list]) -> str:
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line, sep] + ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells])
+
+
+def write_manifest(models: list[dict], server: dict | None = None) -> Path:
+    """A manifest in a temporary folder (model sources are catalog names or absolute paths)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="nexa-bench-")) / "nexa.yaml"
+    path.write_text(yaml.safe_dump({"server": server or {}, "models": models}))
+    return path
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine() -> str:
+    """nproc, CPU model and load average: every table is printed with the machine it ran on."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    return f"{os.cpu_count()} cores ({model}), load average {load_average()}"
+
+
+def alternate(round_index: int, sides: list) -> list:
+    """Both orders in turn, so that whatever the machine does hits every side alike."""
+    return sides if round_index % 2 == 0 else list(reversed(sides))
