@@ -13,19 +13,17 @@ import json
 import logging
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
 from gateway.http import Request, Response, StreamResponse
+from gateway.servers.common import exit_if_port_busy, reloader_options
 from schemas.manifest import Manifest
 
 log = logging.getLogger("nexa.granian")
 
 MANIFEST_ENV = "NEXA_MANIFEST_JSON"
-MANIFEST_PATH_ENV = "NEXA_MANIFEST_PATH"  # set when serving a manifest file: reloads re-read it
-WATCH_ENV = "NEXA_WATCH"  # "1": watch the manifest (or, in one-model mode, the model file)
-WATCH_FILES_ENV = "NEXA_WATCH_FILES"
+RELOADER_ENV = "NEXA_RELOADER_JSON"  # what to re-read and watch (gateway.servers.common.reloader_options)
 DRAIN_BYTES = 8 * 1024 * 1024
 
 
@@ -126,12 +124,7 @@ def create_app() -> RSGIApp:
     data = json.loads(os.environ[MANIFEST_ENV])
     manifest = build(data, origin="manifest")
     setup_logging(manifest.server.log_level, manifest.server.log_format)
-    reloader = {
-        "manifest_path": os.environ.get(MANIFEST_PATH_ENV) or None,
-        "watch": os.environ.get(WATCH_ENV) == "1",
-        "model_files": [p for p in os.environ.get(WATCH_FILES_ENV, "").split(os.pathsep) if p],
-    }
-    return RSGIApp(Gateway(manifest, reloader_options=reloader))
+    return RSGIApp(Gateway(manifest, reloader_options=json.loads(os.environ[RELOADER_ENV])))
 
 
 def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: list[str] = (),
@@ -150,11 +143,10 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
                 if pid:
                     os.kill(pid, signal.SIGHUP)
 
-    os.environ[MANIFEST_ENV] = manifest.model_dump_json()
-    os.environ[MANIFEST_PATH_ENV] = str(Path(manifest_path).resolve()) if manifest_path else ""
-    os.environ[WATCH_ENV] = "1" if manifest.server.reload else "0"
-    os.environ[WATCH_FILES_ENV] = os.pathsep.join(watch_files)
     server = manifest.server
+    exit_if_port_busy(server.host, server.port)
+    os.environ[MANIFEST_ENV] = manifest.model_dump_json()
+    os.environ[RELOADER_ENV] = json.dumps(reloader_options(manifest, manifest_path, watch_files))
     options: dict[str, Any] = {}
     if code_reload_paths:
         options.update(reload=True, reload_paths=code_reload_paths, reload_ignore_worker_failure=True)
