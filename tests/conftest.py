@@ -121,3 +121,28 @@ def text_server(tmp_path_factory, smollm2_path: Path, gemma_path: Path) -> Itera
     server = Server(["-c", str(manifest)], tmp)
     yield server
     server.stop()
+
+
+def models(url: str, **kwargs) -> dict[str, dict]:
+    """The gateway's /v1/models cards by id."""
+    return {m["id"]: m for m in httpx.get(url + "/v1/models", timeout=10, **kwargs).json()["data"]}
+
+
+def metric(url: str, name: str, **labels) -> float:
+    """The sum of a Prometheus metric's samples that carry these labels."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
+    """Poll until `predicate()` is truthy (bounded), and return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import NEXA, ROOT, Server, fetch_catalog, write_manifest
+from tests.conftest import NEXA, ROOT, Server, fetch_catalog, metric, models, wait_for, write_manifest
 from tests.speech import ENGLISH, heard, speak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -87,26 +87,10 @@ def error(response: httpx.Response) -> dict:
     return response.json()["error"]
 
 
-def models(url: str) -> dict:
-    return {m["id"]: m for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]}
 
 
-def metric(url: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
-def wait_for(predicate, timeout: float = 15, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 # -- discovery and operations --------------------------------------------------------

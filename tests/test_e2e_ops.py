@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import write_manifest
+from tests.conftest import metric, models, wait_for, write_manifest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -26,28 +26,10 @@ def complete(url: str, model: str, tokens: int = 3, **kwargs) -> httpx.Response:
                       timeout=kwargs.pop("timeout", 60), **kwargs)
 
 
-def models(url: str, **kwargs) -> dict:
-    return {m["id"]: m for m in httpx.get(url + "/v1/models", **kwargs).json()["data"]}
 
 
-def metric(url: str, name: str, **labels) -> float:
-    text = httpx.get(url + "/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
-def wait_for(predicate, timeout: float = 20, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_reload_under_load_fails_no_request(tmp_path, start_server):

@@ -27,7 +27,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from gateway.http import HTTPError, Request
 from gateway.routes import playground
-from tests.conftest import ROOT, Server, fetch_catalog, write_manifest
+from tests.conftest import ROOT, Server, fetch_catalog, wait_for, write_manifest
 from tests.speech import ENGLISH, heard, speak
 from tests.synth.sd_checkpoint import sdxs_checkpoint
 from tests.synth.vlm import TOKENS_PER_IMAGE, png, vlm_pair
@@ -113,14 +113,6 @@ def cards(url: str, **kwargs) -> dict[str, dict]:
     return {m["id"]: m for m in httpx.get(url + "/v1/models", timeout=10, **kwargs).json()["data"]}
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def ready_page(open_tab, url: str) -> Tab:

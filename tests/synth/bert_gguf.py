@@ -22,8 +22,6 @@ a JSON header, raw data) so that no extra package is needed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -31,9 +29,9 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+from gateway.hub import file_lock as _locked
 
 log = logging.getLogger("nexa.tests.synth")
 
@@ -148,16 +146,6 @@ def convert(model_dir: Path, weights: Path, out: Path, *, pooling: str = "mean",
     writer.close()
     return out
 
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def minilm_gguf(outtype: str = "f16") -> Path:

@@ -22,8 +22,6 @@ so sampling at temperature 1 is mostly random and different seeds differ.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -31,9 +29,9 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+from gateway.hub import file_lock
 
 log = logging.getLogger("nexa.tests.synth")
 
@@ -214,22 +212,13 @@ def models_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "nexa" / "test-models"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def tiny_onnx_lm() -> Path:
     """The cached model folder, written once per machine (under a lock: test processes share it)."""
     folder = models_dir() / f"tiny-onnx-lm-v{VERSION}"
     done = folder / ".complete"
-    with _locked(folder.with_name(folder.name + ".lock")):
+    with file_lock(folder):
         if not done.exists():
             log.info("writing the tiny ONNX language model to %s", folder, extra={"event": "synth_model"})
             staging = folder.with_name(folder.name + ".partial")

@@ -19,14 +19,13 @@ overrides); `write_projector(path, drop=[...])` writes broken variants for the f
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
+from gateway.hub import file_lock as _locked
 
 VERSION = 1  # bump when the output changes, so cached files are rewritten
 N_EMBD = 64  # the language model's width = the projector's output width T
@@ -194,16 +193,6 @@ def _finish(writer) -> None:
     writer.write_tensors_to_file()
     writer.close()
 
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _cached(name: str, write) -> Path:
