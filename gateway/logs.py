@@ -25,10 +25,13 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
+def use_json(fmt: str) -> bool:
+    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JSONFormatter() if use_json(fmt) else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("nexa")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

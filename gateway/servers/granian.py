@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.http import Request, Response, StreamResponse
+from gateway.logs import use_json
 from gateway.servers.common import exit_if_port_busy, reloader_options
 from schemas.manifest import Manifest
 
@@ -134,6 +135,8 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
+    options: dict[str, Any] = {}
+
     class NexaGranian(Granian):
         """SIGHUP re-applies the manifest inside the worker instead of respawning it (and every model)."""
 
@@ -145,9 +148,16 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
 
     server = manifest.server
     exit_if_port_busy(server.host, server.port)
+    if use_json(server.log_format):
+        # Granian's own lines ("Listening at ...") as JSON too, on stderr like ours.
+        options["log_dictconfig"] = {
+            "formatters": {"generic": {"()": "gateway.logs.JSONFormatter"}},
+            "handlers": {"console": {"formatter": "generic", "class": "logging.StreamHandler",
+                                     "stream": "ext://sys.stderr"}},
+            "loggers": {"_granian": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+        }
     os.environ[MANIFEST_ENV] = manifest.model_dump_json()
     os.environ[RELOADER_ENV] = json.dumps(reloader_options(manifest, manifest_path, watch_files))
-    options: dict[str, Any] = {}
     if code_reload_paths:
         options.update(reload=True, reload_paths=code_reload_paths, reload_ignore_worker_failure=True)
     NexaGranian(
