@@ -268,7 +268,10 @@ class LlamaBackend(Backend):
 def _json_grammar(schema: dict) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(json.dumps(schema))
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # noqa: BLE001 - the converter asserts on what it cannot express
+        raise BackendError(f"this JSON Schema cannot be turned into a generation grammar: {exc}") from None
 
 
 def _response_grammar(response_format: dict | None) -> str | None:

@@ -63,16 +63,36 @@ def _parameters(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
-    """JSON Schema of one call: {"name": <one of the functions>, "arguments": <its parameters>}."""
-    options = [
-        {
+    """JSON Schema of one call: {"name": <one of the functions>, "arguments": <its parameters>}.
+
+    Each function's `$defs` (what pydantic and `openai.pydantic_function_tool` emit for nested
+    models) move to the root, renamed per function, so every `$ref` still resolves."""
+    defs: dict[str, Any] = {}
+    options = []
+    for index, function in enumerate(functions):
+        params = json.loads(json.dumps(_parameters(function)))  # a private copy to rewrite
+        local = {**params.pop("$defs", {}), **params.pop("definitions", {})}
+        prefix = f"f{index}_" if len(functions) > 1 else ""
+        renames = {f"#/$defs/{k}": f"#/$defs/{prefix}{k}" for k in local}
+        renames.update({f"#/definitions/{k}": f"#/$defs/{prefix}{k}" for k in local})
+        params = _rewrite_refs(params, renames)
+        defs.update({prefix + k: _rewrite_refs(v, renames) for k, v in local.items()})
+        options.append({
             "type": "object",
-            "properties": {"name": {"const": f["name"]}, "arguments": _parameters(f)},
+            "properties": {"name": {"const": function["name"]}, "arguments": params},
             "required": ["name", "arguments"],
-        }
-        for f in functions
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+        })
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": defs} if defs else schema
+
+
+def _rewrite_refs(node: Any, renames: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (renames.get(v, v) if k == "$ref" and isinstance(v, str) else _rewrite_refs(v, renames))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_refs(v, renames) for v in node]
+    return node
 
 
 def with_tool_prompt(messages: list[dict[str, Any]], functions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -190,6 +190,8 @@ class Gateway:
                           extra={"event": "error", "request_id": request_id})
             response = HTTPError(500, "Internal server error; see the gateway log for request " + request_id,
                                  code="internal_error").response()
+        if request.method == "HEAD" and isinstance(response, Response):
+            response.body = b""
         response.headers["x-request-id"] = request_id
         response.headers.update(cors_headers(request, self.manifest.server))
         self._observe(request, response, started, request_id)
@@ -220,7 +222,10 @@ class Gateway:
                                 code="route_not_served") from None
             raise
         request.path_params = params
-        request.state["route"] = request.path if not params else request.path.rsplit("/", 1)[0] + "/{}"
+        route = request.path
+        for name, value in params.items():  # the route's template, not the value: bounded metric labels
+            route = route.replace(value, "{" + name + "}")
+        request.state["route"] = route
         return await handler(request)
 
     def too_large(self) -> Response:

@@ -118,7 +118,9 @@ class Router:
         if "{" not in path:
             self._exact.setdefault(path, {})[method.upper()] = handler
             return
-        pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
+        # `{name}` matches one segment; `{name:path}` the rest of the path (model names may hold "/").
+        pattern = re.compile("^" + re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)",
+                                          re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)) + "$")
         for existing, methods in self._routes:
             if existing.pattern == pattern.pattern:
                 methods[method.upper()] = handler
@@ -137,6 +139,8 @@ class Router:
         if methods is None:
             raise HTTPError(404, f"Unknown route {method} {path}.", code="route_not_found")
         handler = methods.get(method.upper())
+        if handler is None and method.upper() == "HEAD":
+            handler = methods.get("GET")  # the adapter sends no body for HEAD
         if handler is None:
             allowed = ", ".join(sorted(methods))
             raise HTTPError(405, f"Method {method} is not allowed on {path}; use {allowed}.",

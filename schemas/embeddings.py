@@ -13,8 +13,9 @@ field and expect unit vectors, as OpenAI's models return).
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
+from pydantic_core import PydanticUseDefault
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
@@ -36,6 +37,13 @@ class EmbeddingRequest(BaseModel):
     normalize: bool | None = None
     truncate: bool = True
     user: str | None = None
+
+    @field_validator("encoding_format", "truncate", "dimensions", "model", "user", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticUseDefault()  # OpenAI clients send explicit nulls for unset options
+        return value
 
     @field_validator("input", mode="before")
     @classmethod

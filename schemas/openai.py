@@ -10,10 +10,19 @@ from __future__ import annotations
 from typing import Any, Literal, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticUseDefault
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        # OpenAI types most fields as nullable; clients built from dicts send `"stream": null`.
+        if value is None:
+            raise PydanticUseDefault()
+        return value
 
 
 class StreamOptions(_Lenient):
@@ -26,7 +35,7 @@ class SamplingFields(_Lenient):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, validation_alias=AliasChoices("max_tokens", "max_new_tokens", "max_completion_tokens"))
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
     stop: list[str] | None = Field(None, validation_alias=AliasChoices("stop", "stop_words"))
@@ -52,6 +61,14 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs_flag(cls, value: Any) -> Any:
+        # The original server took a boolean: false means none, true means the chosen token only.
+        if value is False:
+            return None
+        return 1 if value is True else value
 
     @field_validator("prompt")
     @classmethod

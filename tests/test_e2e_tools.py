@@ -167,3 +167,38 @@ def test_bad_tool_choice_is_400(client):
                                        tool_choice={"type": "function", "function": {"name": "nope"}})
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="smollm2", messages=EXTRACT, tool_choice="required")
+
+
+def test_tools_with_nested_models_and_refs(client):
+    """What openai.pydantic_function_tool and LangChain emit: `$defs` with `$ref`s."""
+    from enum import Enum
+
+    from pydantic import BaseModel
+
+    class Unit(str, Enum):
+        celsius = "celsius"
+        fahrenheit = "fahrenheit"
+
+    class Place(BaseModel):
+        city: str
+        country: str
+
+    class GetWeather(BaseModel):
+        place: Place
+        unit: Unit
+
+    tool = openai.pydantic_function_tool(GetWeather)
+    assert "$defs" in tool["function"]["parameters"]
+    answer = client.chat.completions.create(model="smollm2", tools=[tool, WEATHER], tool_choice="required",
+                                            messages=[{"role": "user", "content": "Weather in Paris, France?"}])
+    call = answer.choices[0].message.tool_calls[0]
+    schemas = {"GetWeather": tool["function"]["parameters"], "get_weather": WEATHER["function"]["parameters"]}
+    jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+
+
+def test_a_schema_the_grammar_cannot_express_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x"}], response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
+                "u": {"type": "string", "pattern": "\\d+"}}}}})
+    assert "grammar" in info.value.response.json()["error"]["message"]

@@ -200,7 +200,8 @@ def test_gateway_routes_errors_and_request_ids():
     status, headers, data = r["stream"]
     events = [line[6:] for line in data.decode().split("\n\n") if line]
     assert headers["content-type"] == "text/event-stream" and events[-1] == "[DONE]"
-    assert json.loads(events[0])["choices"][0]["delta"] == {"role": "assistant", "content": "", "tool_calls": None}
+    assert json.loads(events[0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert json.loads(events[-2])["choices"][0]["delta"] == {}
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
 
 
@@ -219,3 +220,24 @@ def test_a_model_that_fails_to_load_answers_503_and_others_keep_serving():
     assert good[0] == 200
     states = {m["id"]: (m["state"], m["error"]) for m in models[2]["data"]}
     assert states["bad"] == ("failed", "fake load failure") and states["good"][0] == "ready"
+
+
+def test_client_habits_null_fields_top_p_zero_head_and_slashed_names():
+    async def main():
+        gw = Gateway(manifest({"name": "org/model-a", "aliases": ["a"]}))
+        gw.startup(asyncio.get_running_loop())
+        await gw.pool.get("a").ready()
+        nulls = await call(gw, "POST", "/v1/chat/completions", {
+            "model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": None,
+            "n": None, "presence_penalty": None, "frequency_penalty": None, "logprobs": None})
+        greedy = await call(gw, "POST", "/v1/completions", {"model": "a", "prompt": "p", "max_tokens": 1, "top_p": 0})
+        card = await call(gw, "GET", "/v1/models/org/model-a")
+        head = await gw.handle(Request(method="HEAD", path="/health"))
+        gw.shutdown()
+        return nulls, greedy, card, head
+
+    nulls, greedy, card, head = run(main())
+    assert nulls[0] == 200 and nulls[2]["object"] == "chat.completion"
+    assert greedy[0] == 200
+    assert card[0] == 200 and card[2]["id"] == "org/model-a"
+    assert head.status == 200 and head.body == b""

@@ -47,7 +47,7 @@ async def ready(gw: "Gateway", request: Request) -> Response:
 
 ROUTES = [
     ("GET", "/v1/models", None, list_models),
-    ("GET", "/v1/models/{model}", None, get_model),
+    ("GET", "/v1/models/{model:path}", None, get_model),
     ("GET", "/health", None, health),
     ("GET", "/ready", None, ready),
 ]

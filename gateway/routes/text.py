@@ -53,6 +53,8 @@ def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None)
         value = getattr(body, name)
         if value is not None:
             setattr(params, name, value)
+    if body.top_p == 0:  # what evaluation harnesses send for greedy decoding
+        params.top_p, params.top_k = 1.0, 1
     return params
 
 
@@ -243,8 +245,11 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
 
         def chunk(delta: ChunkDelta, finish: str | None = None, entries: list | None = None) -> bytes:
             logprobs = chat_logprobs(entries) if entries and body.logprobs else None
-            return sse(ChatChunk(id=cid, created=created, model=handle.name, choices=[
-                ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]).model_dump(mode="json"))
+            data = ChatChunk(id=cid, created=created, model=handle.name, choices=[
+                ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)]).model_dump(mode="json")
+            # As OpenAI: a delta carries only the keys it sets (the last one is {}).
+            data["choices"][0]["delta"] = delta.model_dump(mode="json", exclude_none=True)
+            return sse(data)
 
         async def events() -> AsyncIterator[bytes]:
             yield chunk(ChunkDelta(role="assistant", content=""))
