@@ -123,8 +123,8 @@ def test_streamed_tool_call_deltas(client):
 
 
 def test_the_original_function_calling_route(text_server):
-    """The request body exactly as SERVER-API.md shows it."""
-    body = {"messages": EXTRACT, "tools": [USER_DETAIL], "tool_choice": "required"}
+    """The request body exactly as SERVER-API.md shows it ("auto" calls a function on this route)."""
+    body = {"messages": EXTRACT, "tools": [USER_DETAIL], "tool_choice": "auto"}
     answer = httpx.post(text_server.url + "/v1/function-calling", json=body, timeout=120).json()
     assert answer["object"] == "chat.completion" and answer["model"] == "smollm2"
     choice = answer["choices"][0]
@@ -202,3 +202,9 @@ def test_a_schema_the_grammar_cannot_express_is_a_400(client):
             "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {
                 "u": {"type": "string", "pattern": "\\d+"}}}}})
     assert "grammar" in info.value.response.json()["error"]["message"]
+
+
+def test_suffix_is_refused_not_ignored(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="smollm2", prompt="def add(a, b):", suffix="return c", max_tokens=3)
+    assert info.value.response.json()["error"]["param"] == "suffix"

@@ -118,6 +118,9 @@ async def _error_event(exc: BaseException) -> bytes:
 async def completions(gw: "Gateway", request: Request) -> Response | StreamResponse:
     body: CompletionRequest = parse_body(CompletionRequest, request)
     handle = gw.select_model(body.model, "complete", request.path)
+    if body.suffix:
+        raise HTTPError(400, "suffix (fill-in-the-middle) is not supported by this gateway.", param="suffix",
+                        code="unsupported_parameter")
     params = sampling(body, handle, default_max=128)
     params.logprobs = body.logprobs
     prompt = body.prompt
@@ -230,6 +233,10 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     if "vision" in handle.capabilities:
         messages = await resolve_image_parts(messages, gw.manifest.server)
     tools, tool_choice = _tools_of(body)
+    if request.path == "/v1/function-calling" and tools and tool_choice in (None, "auto"):
+        # This route exists to "call the most appropriate function": with "auto" a small model
+        # often just answers, and clients of the original read tool_calls[0] unconditionally.
+        tool_choice = "required"
     options: dict[str, Any] = {}
     if tools:
         options.update(tools=tools, tool_choice=tool_choice)
