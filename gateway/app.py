@@ -103,7 +103,9 @@ class Gateway:
             if handle.spec.preload:
                 handle.start_loading()
         for name in plan.remove:
-            old = pool.handles.pop(name)
+            old = pool.handles.pop(name, None)
+            if old is None:
+                continue
             old.retired = True
             self._in_background(old.unload("removed"))
         replacements = await asyncio.gather(*(self._replace(pool.handles[n], specs[n]) for n in plan.replace))

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("nexa.pool")
 
 
+LOAD_RETRY_S = 10.0  # a model that failed to load is tried again by a request this long after
+
+
 class ModelState(str, Enum):
     unloaded = "unloaded"
     loading = "loading"
@@ -82,6 +85,8 @@ class ModelHandle:
         self._threads: list[threading.Thread] = []
         self._loaded: asyncio.Future | None = None
         self._unloaded: asyncio.Event = asyncio.Event()
+        self._unloading: asyncio.Task | None = None
+        self.failed_at = 0.0
         self.backends: list[Backend] = []
         try:
             self.capabilities = backend_for(spec).capabilities
@@ -144,6 +149,7 @@ class ModelHandle:
         if failures:
             self.error = str(failures[0]) or type(failures[0]).__name__
             self.state = ModelState.failed
+            self.failed_at = time.monotonic()
             log.error("model %s failed to load: %s", self.name, self.error,
                       extra={"event": "model_failed", "model": self.name})
             for _ in self._threads:
@@ -190,15 +196,33 @@ class ModelHandle:
             return  # a retired handle's callers move on to its successor
         if self.state == ModelState.unloading:
             await self._unloaded.wait()
+            if self.retired:
+                return
+        if self.state == ModelState.failed and time.monotonic() - self.failed_at >= LOAD_RETRY_S:
+            self.retry()  # a transient failure (a file being replaced, memory) is tried again, not forever
         if self.state in (ModelState.unloaded, ModelState.failed) and self._loaded is None:
             await self.pool.make_room(self)
+            if self.retired:
+                return  # replaced or removed while we made room: never load a retired handle
             self.start_loading()
         await asyncio.shield(self._loaded)
+        if self.retired:
+            return
         if self.state != ModelState.ready:
-            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.error}")
+            wait = LOAD_RETRY_S - (time.monotonic() - self.failed_at)
+            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.error}", retry_after=max(1, wait))
 
     async def unload(self, reason: str = "unload") -> None:
-        """Let queued and running work finish, then free the engines."""
+        """Let queued and running work finish, then free the engines.
+
+        Runs as one task per handle: a caller that is cancelled (a request whose
+        client left while it evicted this model) does not abort the unload half-way,
+        and concurrent unloads share one."""
+        if self._unloading is None or self._unloading.done():
+            self._unloading = self.loop.create_task(self._unload(reason))
+        await asyncio.shield(self._unloading)
+
+    async def _unload(self, reason: str) -> None:
         if self._loaded is None:
             return
         if not self._loaded.done():
@@ -293,9 +317,10 @@ class ModelHandle:
             try:
                 return await (asyncio.wait_for(asyncio.shield(future), timeout) if timeout else future)
             except asyncio.TimeoutError:
-                future.cancel()
                 raise ModelUnavailable(f"model {self.name!r} did not answer within {timeout:g}s", status=504,
                                        code="timeout") from None
+            finally:
+                future.cancel()  # no-op when answered; otherwise a queued job is skipped
         finally:
             self._release(started, submitted)
 

@@ -43,6 +43,7 @@ class Reloader:
         self._task: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
         self._seen: dict[Path, str | None] = {}
+        self._running: set[asyncio.Task] = set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -79,10 +80,22 @@ class Reloader:
             for target in changed:
                 self._seen[target] = _digest(target)
             models_changed = [t for t in changed if t in self.model_files]
-            await self.reload("watch", force=bool(models_changed))
+            try:
+                await self.reload("watch", force=bool(models_changed))
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad reload
+                log.exception("manifest reload failed", extra={"event": "reload", "outcome": "error"})
 
     async def reload(self, trigger: str, force: bool = False) -> dict[str, Any]:
-        """Validate, diff, apply. Never raises: the outcome is logged and returned."""
+        """Validate, diff, apply. Never raises: the outcome is logged and returned.
+
+        Runs to the end even when the caller is cancelled (an admin whose HTTP client
+        gave up): a half-applied plan would leave pool and manifest out of step."""
+        task = asyncio.ensure_future(self._reload(trigger, force))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def _reload(self, trigger: str, force: bool = False) -> dict[str, Any]:
         async with self._lock:
             gateway = self.gateway
             if self.path is not None:
