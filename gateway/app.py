@@ -100,7 +100,7 @@ class Gateway:
         for name in plan.add:
             handle = ModelHandle(specs[name], pool)
             pool.handles[name] = handle
-            if handle.spec.preload:
+            if handle.spec.preload and await self._room_for(handle):
                 handle.start_loading()
         for name in plan.remove:
             old = pool.handles.pop(name, None)
@@ -123,7 +123,7 @@ class Gateway:
     async def _replace(self, old: ModelHandle, spec) -> bool:
         """Load the new version beside the old one, then switch; requests never see a gap."""
         new = ModelHandle(spec, self.pool)
-        if old.state in (ModelState.ready, ModelState.loading) or spec.preload:
+        if (old.state in (ModelState.ready, ModelState.loading) or spec.preload) and await self._room_for(new):
             await asyncio.shield(new.start_loading())
             if new.state != ModelState.ready:
                 log.error("replacement of model %s failed, the old version keeps serving: %s", old.name, new.error,
@@ -133,6 +133,16 @@ class Gateway:
         self.pool.reindex()
         old.retired, old.successor = True, new
         self._in_background(old.unload("replaced"))
+        return True
+
+    async def _room_for(self, handle: ModelHandle) -> bool:
+        """Residency limits hold for reloads too; without room, the model stays lazy (loads on first use)."""
+        try:
+            await self.pool.make_room(handle)
+        except ModelUnavailable as exc:
+            log.warning("not preloading %s after the reload: %s", handle.name, exc,
+                        extra={"event": "reload_no_room", "model": handle.name})
+            return False
         return True
 
     def _in_background(self, coro) -> None:

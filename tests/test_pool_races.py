@@ -123,7 +123,6 @@ def test_a_cancelled_admin_reload_still_applies_the_whole_plan(tmp_path):
         return snapshot, second
 
     snapshot, second = asyncio.run(main())
-    print(snapshot, second)
     assert snapshot["pool"] == snapshot["manifest"], snapshot
     assert not str(second).startswith("RAISED"), second
 
@@ -188,3 +187,31 @@ def test_a_failed_load_is_tried_again_after_the_back_off(monkeypatch):
 
     second = asyncio.run(main())
     assert (second, len(attempts)) == (2, 2), (second, len(attempts))
+
+
+def test_a_reload_respects_max_loaded(tmp_path):
+    """A preload model added by a reload loads only if it fits; otherwise it stays lazy."""
+    import yaml
+
+    from gateway.config import load_file
+
+    path = tmp_path / "nexa.yaml"
+
+    def write(models):
+        path.write_text(yaml.safe_dump({"server": {"max_loaded": 1},
+                                        "models": [{"source": "/dev/null", **m} for m in models]}))
+
+    async def main():
+        write([{"name": "pinned", "preload": True, "pinned": True}])
+        gw = Gateway(load_file(path), reloader_options={"manifest_path": str(path), "watch": False})
+        gw.startup(asyncio.get_running_loop())
+        await gw.pool.get("pinned").ready()
+        write([{"name": "pinned", "preload": True, "pinned": True}, {"name": "extra", "preload": True}])
+        outcome = await gw.reloader.reload("admin")
+        states = {h.name: h.state for h in gw.pool}
+        gw.shutdown()
+        return outcome, states
+
+    outcome, states = asyncio.run(main())
+    assert outcome["ok"] and outcome["plan"]["add"] == ["extra"]
+    assert states == {"pinned": ModelState.ready, "extra": ModelState.unloaded}
