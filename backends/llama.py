@@ -34,6 +34,16 @@ CHATML_TEMPLATE = (
 LOAD_LOCK = threading.Lock()
 
 
+def gguf_file(path: Path) -> Path:
+    """A folder stands for the one .gguf it holds."""
+    if not path.is_dir():
+        return path
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise LoadError(f"{path} is a folder with {len(ggufs)} .gguf files; name one with `file:`")
+    return ggufs[0]
+
+
 def open_llama(path: Path, kwargs: dict[str, Any]) -> Any:
     """Create a `llama_cpp.Llama`, turning its failures into one clear LoadError."""
     import llama_cpp
@@ -72,11 +82,7 @@ class LlamaBackend(Backend):
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
         if importlib.util.find_spec("llama_cpp") is None:
             raise LoadError("llama-cpp-python is not installed")
-        if path.is_dir():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) != 1:
-                raise LoadError(f"{path} is a folder with {len(ggufs)} .gguf files; name one with `file:`")
-            path = ggufs[0]
+        path = gguf_file(path)
         options = dict(spec.options)
         options.pop("chat_template", None)
         kwargs: dict[str, Any] = {

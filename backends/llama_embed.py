@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import LoadError
-from backends.llama import gpu_layers as _gpu_layers, open_llama
+from backends.llama import gguf_file, gpu_layers as _gpu_layers, open_llama
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
 from schemas.manifest import ModelSpec
 
@@ -60,11 +60,7 @@ class LlamaEmbedBackend(EmbeddingBackend):
             import llama_cpp
         except ImportError as exc:
             raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
-        if path.is_dir():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) != 1:
-                raise LoadError(f"{path} is a folder with {len(ggufs)} .gguf files; name one with `file:`")
-            path = ggufs[0]
+        path = gguf_file(path)
         options = dict(spec.options)
         try:
             own = read_options(options, OPTIONS)

@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         parser.exit(2, f"nexa: error: {exc}\n")
     except ManifestError as exc:
-        sys.stderr.write(f"nexa: invalid {exc.origin}:\n" + "".join(f"  {p}\n" for p in exc.problems))
+        sys.stderr.write(exc.report())
         return 2
     except FetchError as exc:
         sys.stderr.write(f"nexa: {exc}\n")

@@ -30,6 +30,10 @@ class ManifestError(Exception):
         self.origin = origin
         super().__init__("\n".join(problems))
 
+    def report(self) -> str:
+        """What the CLI prints: the origin, then one `key.path: reason` line per problem."""
+        return f"nexa: invalid {self.origin}:\n" + "".join(f"  {p}\n" for p in self.problems)
+
 
 def substitute(value: Any, environ: dict[str, str] | None = None, path: tuple[Any, ...] = ()) -> Any:
     """Expand `${VAR}` and `${VAR:-default}` in every string value (not in comments or keys).

@@ -113,7 +113,7 @@ def plan(args: argparse.Namespace) -> int:
         new = load_file(args.config)
         old, label, ignored = _against(args.against, getattr(args, "api_key", None), Path(args.config))
     except ManifestError as exc:
-        sys.stderr.write(f"nexa: invalid {exc.origin}:\n" + "".join(f"  {p}\n" for p in exc.problems))
+        sys.stderr.write(exc.report())
         return 2
     except SourceError as exc:
         sys.stderr.write(f"nexa: {exc}\n")

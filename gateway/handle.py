@@ -17,7 +17,6 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 from backends.base import Backend, LoadError, backend_for
 from gateway import hub, metrics
 from gateway.channel import Channel
+from gateway.jobs import Job, fail, pump, settle
 from schemas.manifest import ModelSpec
 
 if TYPE_CHECKING:
@@ -54,15 +54,6 @@ class ModelUnavailable(Exception):
         self.code = code
 
 
-@dataclass
-class _Job:
-    work: Callable[..., Any]
-    deadline: float
-    future: asyncio.Future | None = None
-    channel: Channel | None = None
-    enqueued: float = field(default_factory=time.monotonic)
-
-
 class ModelHandle:
     """One declared model: its spec, state, replicas and their shared job queue."""
 
@@ -81,7 +72,7 @@ class ModelHandle:
         self.successor: ModelHandle | None = None
         self.generation = 0  # bumps on every load, so stale replica threads know they are stale
         self._avg_seconds = 1.0
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._loaded: asyncio.Future | None = None
         self._unloaded: asyncio.Event = asyncio.Event()
@@ -185,7 +176,7 @@ class ModelHandle:
             if job is None:
                 break
             if backend is None or self.state == ModelState.failed:
-                _fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
+                fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
                 continue
             self._execute(backend, job)
         if backend is not None:
@@ -266,9 +257,9 @@ class ModelHandle:
         self.last_used = time.monotonic()
         self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (self.last_used - started)
 
-    def _execute(self, backend: Backend, job: _Job) -> None:
+    def _execute(self, backend: Backend, job: Job) -> None:
         if time.monotonic() > job.deadline:
-            _fail(self.loop, job, ModelUnavailable(
+            fail(self.loop, job, ModelUnavailable(
                 f"model {self.name!r}: the request waited longer than {self.spec.queue_timeout_s:g}s in the queue",
                 retry_after=self._avg_seconds, code="queue_timeout"))
             return
@@ -276,13 +267,13 @@ class ModelHandle:
         try:
             if job.future is not None:
                 if not job.future.cancelled():
-                    _settle(self.loop, job.future, job.work, backend)
+                    settle(self.loop, job.future, job.work, backend)
                 return
-            _pump(job.channel, job.work, backend)
+            pump(job.channel, job.work, backend)
         finally:
             self.running -= 1
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         if not any(t.is_alive() for t in self._threads):
             raise ModelUnavailable(f"model {self.name!r} is not running")
         self.submitted += 1
@@ -311,7 +302,7 @@ class ModelHandle:
             if self.retired:
                 return await self.current().call(work)
             future = self.loop.create_future()
-            self._submit(_Job(work, started + self.spec.queue_timeout_s, future=future))
+            self._submit(Job(work, started + self.spec.queue_timeout_s, future=future))
             submitted = True
             timeout = self.spec.timeout_s
             try:
@@ -344,7 +335,7 @@ class ModelHandle:
                 async for item in self.current().stream(work):
                     yield item
                 return
-            self._submit(_Job(work, started + self.spec.queue_timeout_s, channel=channel))
+            self._submit(Job(work, started + self.spec.queue_timeout_s, channel=channel))
             submitted = True
             deadline = started + self.spec.timeout_s if self.spec.timeout_s else None
             while True:
@@ -367,51 +358,6 @@ class ModelHandle:
     def describe(self) -> dict[str, Any]:
         return {"state": self.state.value, "error": self.error, "queue_depth": self.queue_depth(),
                 "running": self.running, "replicas": self.spec.replicas, "load_seconds": self.load_seconds}
-
-
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callable, backend: Backend) -> None:
-    try:
-        result = work(backend)
-    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
-        loop.call_soon_threadsafe(_set_exception, future, exc)
-    else:
-        loop.call_soon_threadsafe(_set_result, future, result)
-
-
-def _pump(channel: Channel, work: Callable, backend: Backend) -> None:
-    if channel.closed():
-        return
-    iterator = None
-    try:
-        iterator = work(backend, channel.closed)
-        for item in iterator:
-            if not channel.put("item", item):
-                break
-        else:
-            channel.put("end")
-    except BaseException as exc:  # noqa: BLE001
-        channel.put("error", exc)
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
-
-
-def _fail(loop: asyncio.AbstractEventLoop, job: _Job, exc: Exception) -> None:
-    if job.future is not None:
-        loop.call_soon_threadsafe(_set_exception, job.future, exc)
-    elif job.channel is not None:
-        job.channel.put("error", exc)
-
-
-def _set_result(future: asyncio.Future | None, value: Any) -> None:
-    if future is not None and not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 def _join(threads: list[threading.Thread], timeout: float | None = None) -> None:

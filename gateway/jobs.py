@@ -1,0 +1,69 @@
+"""A unit of work for a model's replica thread, and how its outcome crosses back to the event loop.
+
+`call` jobs settle an asyncio future; `stream` jobs feed a bounded `Channel`, so a
+client that stops reading stops the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from backends.base import Backend
+from gateway.channel import Channel
+
+
+@dataclass
+class Job:
+    work: Callable[..., Any]
+    deadline: float
+    future: asyncio.Future | None = None
+    channel: Channel | None = None
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callable, backend: Backend) -> None:
+    try:
+        result = work(backend)
+    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+        loop.call_soon_threadsafe(set_exception, future, exc)
+    else:
+        loop.call_soon_threadsafe(set_result, future, result)
+
+
+def pump(channel: Channel, work: Callable, backend: Backend) -> None:
+    if channel.closed():
+        return
+    iterator = None
+    try:
+        iterator = work(backend, channel.closed)
+        for item in iterator:
+            if not channel.put("item", item):
+                break
+        else:
+            channel.put("end")
+    except BaseException as exc:  # noqa: BLE001
+        channel.put("error", exc)
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def fail(loop: asyncio.AbstractEventLoop, job: Job, exc: Exception) -> None:
+    if job.future is not None:
+        loop.call_soon_threadsafe(set_exception, job.future, exc)
+    elif job.channel is not None:
+        job.channel.put("error", exc)
+
+
+def set_result(future: asyncio.Future | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
