@@ -58,13 +58,13 @@ def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None)
     return params
 
 
-def _usage(delta: Delta | None) -> Usage:
+def usage_of(delta: Delta | None) -> Usage:
     u = delta.usage if delta and delta.usage else None
     return Usage(prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0,
                  total_tokens=u.total_tokens if u else 0)
 
 
-def _finish(delta: Delta) -> str:
+def finish_of(delta: Delta) -> str:
     return "stop" if delta.finish_reason == "cancelled" else (delta.finish_reason or "stop")
 
 
@@ -99,14 +99,14 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
             metrics.LATENCY.labels(request.state.get("route", request.path)).observe(time.perf_counter() - started)
 
 
-async def _chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+async def chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
     if first is not None:
         yield first
     async for delta in rest:
         yield delta
 
 
-async def _error_event(exc: BaseException) -> bytes:
+async def error_event(exc: BaseException) -> bytes:
     if isinstance(exc, HTTPError):
         return sse(exc.envelope())
     return sse(HTTPError(500, f"generation failed: {exc}").envelope())
@@ -147,34 +147,34 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
             if echo:
                 yield sse(chunk(echo, None))
             try:
-                async for delta in _chain(first, deltas):
+                async for delta in chain(first, deltas):
                     if delta.text or delta.logprobs:
                         yield sse(chunk(delta.text, None, delta.logprobs))
                     if delta.finish_reason:
-                        yield sse(chunk("", _finish(delta)))
+                        yield sse(chunk("", finish_of(delta)))
                         if include_usage:
-                            yield sse({**chunk("", None), "choices": [], "usage": _usage(delta).model_dump()})
+                            yield sse({**chunk("", None), "choices": [], "usage": usage_of(delta).model_dump()})
             except Exception as exc:  # noqa: BLE001 - reported in-band once headers are sent
-                yield await _error_event(exc)
+                yield await error_event(exc)
             yield sse("[DONE]")
 
-        return StreamResponse(_closing(events(), deltas), headers=dict(SSE_HEADERS))
+        return StreamResponse(closing(events(), deltas), headers=dict(SSE_HEADERS))
 
     text, last, entries = echo, None, []
-    async for delta in _chain(first, deltas):
+    async for delta in chain(first, deltas):
         text += delta.text
         entries += delta.logprobs or []
         last = delta if delta.finish_reason else last
     logprobs = completion_logprobs(entries, len(echo)) if body.logprobs is not None else None
     answer = CompletionResponse(
         id=cid, created=created, model=handle.name,
-        choices=[CompletionChoice(text=text, logprobs=logprobs, finish_reason=_finish(last) if last else "stop")],
-        usage=_usage(last), result=text,
+        choices=[CompletionChoice(text=text, logprobs=logprobs, finish_reason=finish_of(last) if last else "stop")],
+        usage=usage_of(last), result=text,
     )
     return json_response(answer.model_dump(mode="json"))
 
 
-async def _closing(events: AsyncIterator[bytes], *inner: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def closing(events: AsyncIterator[bytes], *inner: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     """Make sure the model stream is closed when the HTTP stream is, however it ends."""
     try:
         async for item in events:
@@ -224,8 +224,15 @@ def chat_messages(body: ChatRequest, handle: ModelHandle) -> list[dict[str, Any]
     return messages
 
 
-async def chat_completions(gw: "Gateway", request: Request) -> Response | StreamResponse:
-    body: ChatRequest = parse_body(ChatRequest, request)
+async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
+                    ) -> tuple[ModelHandle, Delta | None, AsyncIterator[Delta]]:
+    """Start one chat generation from an OpenAI-shaped request.
+
+    Every chat protocol (Chat Completions, the original function-calling route,
+    Responses, Anthropic Messages) translates its body into a `ChatRequest` and
+    comes through here: one path for prompting, sampling, tools, response format,
+    images and usage. Returns the model, the first delta (already pulled, so load
+    and prompt errors are HTTP statuses) and the rest of the stream."""
     handle = gw.select_model(body.model, "chat", request.path)
     params = sampling(body, handle, default_max=None)
     params.logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -245,6 +252,12 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
     deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, **options))
     request.state["stream"] = body.stream
     first, deltas = await start_stream(handle, request, deltas)
+    return handle, first, deltas
+
+
+async def chat_completions(gw: "Gateway", request: Request) -> Response | StreamResponse:
+    body: ChatRequest = parse_body(ChatRequest, request)
+    handle, first, deltas = await open_chat(gw, request, body)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if body.stream:
@@ -261,7 +274,7 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
         async def events() -> AsyncIterator[bytes]:
             yield chunk(ChunkDelta(role="assistant", content=""))
             try:
-                async for delta in _chain(first, deltas):
+                async for delta in chain(first, deltas):
                     if delta.text:
                         yield chunk(ChunkDelta(content=delta.text), entries=delta.logprobs)
                     for index, call in enumerate(delta.tool_calls or []):
@@ -272,18 +285,18 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
                         yield chunk(ChunkDelta(tool_calls=[{"index": index, "function": {
                             "arguments": call["function"]["arguments"]}}]))
                     if delta.finish_reason:
-                        yield chunk(ChunkDelta(), _finish(delta))
+                        yield chunk(ChunkDelta(), finish_of(delta))
                         if include_usage:
-                            usage = ChatChunk(id=cid, created=created, model=handle.name, choices=[], usage=_usage(delta))
+                            usage = ChatChunk(id=cid, created=created, model=handle.name, choices=[], usage=usage_of(delta))
                             yield sse(usage.model_dump(mode="json"))
             except Exception as exc:  # noqa: BLE001
-                yield await _error_event(exc)
+                yield await error_event(exc)
             yield sse("[DONE]")
 
-        return StreamResponse(_closing(events(), deltas), headers=dict(SSE_HEADERS))
+        return StreamResponse(closing(events(), deltas), headers=dict(SSE_HEADERS))
 
     text, last, entries = "", None, []
-    async for delta in _chain(first, deltas):
+    async for delta in chain(first, deltas):
         text += delta.text
         entries += delta.logprobs or []
         last = delta if delta.finish_reason else last
@@ -293,9 +306,9 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
         message.function_call = dict(calls[0]["function"])  # the pre-tools field some clients still read
     answer = ChatResponse(
         id=cid, created=created, model=handle.name,
-        choices=[ChatChoice(message=message, finish_reason=_finish(last) if last else "stop",
+        choices=[ChatChoice(message=message, finish_reason=finish_of(last) if last else "stop",
                             logprobs=chat_logprobs(entries) if body.logprobs and not calls else None)],
-        usage=_usage(last),
+        usage=usage_of(last),
     )
     data = answer.model_dump(mode="json")
     for choice in data["choices"]:
