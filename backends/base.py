@@ -129,10 +129,6 @@ REGISTRY: dict[tuple[ModelType, ModelFormat], str] = {
 }
 
 
-def supported_pairs() -> list[tuple[ModelType, ModelFormat]]:
-    return list(REGISTRY)
-
-
 def backend_for(spec: ModelSpec) -> type[Backend]:
     """The manifest's own `backend: module:Class` if given, else the registry's choice."""
     if spec.backend:

@@ -51,8 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="apply manifest (or model file) changes while serving, and restart on code changes")
     server.add_argument("--nctx", type=int, help="context length of the model")
     server.add_argument("--offline", action="store_true", help="never download; use only cached model files")
-    server.add_argument("--server", choices=["granian", "robyn"], dest="engine",
-                        help="HTTP server (default granian; also `server.engine` in the manifest)")
+    server.add_argument("--server", choices=["granian", "robyn"], dest="http_server",
+                        help="HTTP server (default granian; also `server.http_server` in the manifest)")
     server.add_argument("--no-playground", action="store_false", dest="playground", default=None,
                         help="do not serve the playground page at /")
 
@@ -162,7 +162,7 @@ def load_manifest(args: argparse.Namespace) -> Manifest:
 
 
 def flag_environment(args: argparse.Namespace) -> dict[str, str]:
-    values = {key: getattr(args, key, None) for key in ("host", "port", "engine", "playground", "offline", "reload")}
+    values = {key: getattr(args, key, None) for key in ("host", "port", "http_server", "playground", "offline", "reload")}
     env = {}
     for key, value in values.items():
         if value is None or (value is False and key != "playground"):
@@ -217,10 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config or 'manifest'}: ok ({len(manifest.models)} models: {names})")
             return 0
         setup_logging(manifest.server.log_level, manifest.server.log_format)
+        if manifest.server.engine is not None:
+            log.warning("server.engine (NEXA_ENGINE) is deprecated; it is now server.http_server (NEXA_HTTP_SERVER)",
+                        extra={"event": "deprecated_setting"})
         fetch_all(manifest, offline=manifest.server.offline)
         if args.command == "pull":
             return 0
-        serve = importlib.import_module(f"gateway.servers.{manifest.server.engine}").serve
+        serve = importlib.import_module(f"gateway.servers.{manifest.server.http_server}").serve
         code = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "backends")]
         watch_files = [] if args.config else [str(fetch(spec, offline=True)) for spec in manifest.models]
         serve(manifest, manifest_path=args.config, watch_files=watch_files,

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from backends.base import REGISTRY
 from gateway.hub import parse_source
-from schemas.manifest import Manifest, ModelFormat, ModelType, ServerSettings
+from schemas.manifest import Manifest, ModelFormat, ServerSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -228,10 +228,3 @@ def manifest_hash(manifest: Manifest) -> str:
     """A short, stable identity of what is served; shown by /ready and /v1/models."""
     return hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()[:16]
 
-
-def supported_types() -> list[ModelType]:
-    return sorted({t for t, _ in REGISTRY}, key=lambda t: t.value)
-
-
-def supported_formats() -> list[ModelFormat]:
-    return sorted({f for _, f in REGISTRY}, key=lambda f: f.value)

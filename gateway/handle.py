@@ -70,7 +70,6 @@ class ModelHandle:
         self.submitted = 0  # jobs handed to the replicas and not finished
         self.retired = False  # removed or replaced by a reload
         self.successor: ModelHandle | None = None
-        self.generation = 0  # bumps on every load, so stale replica threads know they are stale
         self._avg_seconds = 1.0
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -110,7 +109,6 @@ class ModelHandle:
         if self._loaded is None:
             self.state = ModelState.loading
             self.error = None
-            self.generation += 1
             self._loaded = self.loop.create_future()
             self._unloaded.clear()
             self._jobs = queue.Queue()
@@ -354,11 +352,6 @@ class ModelHandle:
         finally:
             channel.close()  # stops the producer at its next step if we leave early
             self._release(started, submitted)
-
-    def describe(self) -> dict[str, Any]:
-        return {"state": self.state.value, "error": self.error, "queue_depth": self.queue_depth(),
-                "running": self.running, "replicas": self.spec.replicas, "load_seconds": self.load_seconds}
-
 
 def _join(threads: list[threading.Thread], timeout: float | None = None) -> None:
     for thread in threads:

@@ -7,7 +7,6 @@ without a socket.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -56,8 +55,6 @@ class Request:
     body: bytes = b""
     client: str = ""
     path_params: dict[str, str] = field(default_factory=dict)
-    # Resolves when the client goes away; servers that cannot tell leave it pending forever.
-    disconnected: Callable[[], Awaitable[None]] | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -147,12 +144,3 @@ class Router:
                             code="method_not_allowed", headers={"allow": allowed})
         return handler, params
 
-
-async def first_of(*awaitables: Awaitable[Any]) -> None:
-    """Wait until any of the awaitables finishes, cancelling the rest."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

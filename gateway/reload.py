@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
 from gateway.config import ManifestError, load_file
-from gateway.plan import Plan, diff
+from gateway.plan import diff
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -125,6 +125,3 @@ class Reloader:
                             "failed": failed, "manifest_hash": gateway.manifest_hash})
             return {"ok": not failed, "plan": plan.as_dict(), "failed": failed, "manifest_hash": gateway.manifest_hash}
 
-
-def describe(plan: Plan) -> str:
-    return plan.summary()

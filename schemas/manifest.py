@@ -65,7 +65,9 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    engine: Literal["granian", "robyn"] = "granian"
+    http_server: Literal["granian", "robyn"] = "granian"
+    engine: Literal["granian", "robyn"] | None = Field(
+        None, description="deprecated name of http_server (\"engine\" means the inference library elsewhere)")
     playground: bool = True
     offline: bool = Field(False, description="never download model files; use only the cache")
     reload: bool = False
@@ -102,6 +104,13 @@ class ServerSettings(BaseSettings):
             if not item.startswith(("/", "~")) and not re.match(r"^[A-Za-z]:[\\/]", item):
                 raise ValueError(f"{item!r} must be an absolute path (or start with ~)")
         return value
+
+    @model_validator(mode="after")
+    def _engine_is_http_server(self) -> "ServerSettings":
+        # The old name still works unless the new one is also given; the gateway logs the rename once.
+        if self.engine is not None and "http_server" not in self.model_fields_set:
+            self.http_server = self.engine
+        return self
 
     @model_validator(mode="after")
     def _no_wildcard_with_credentials(self) -> "ServerSettings":

@@ -166,3 +166,18 @@ def test_nexa_server_with_a_bad_manifest_exits_2_before_serving(tmp_path):
     result = run_nexa("server", "-c", str(bad))
     assert result.returncode == 2 and "models[0].nctx: must be > 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_http_server_setting_and_its_deprecated_alias(monkeypatch):
+    """`server.engine` was renamed `server.http_server` ("engine" means the inference library
+    elsewhere); the old name keeps working, and the new one wins when both are given."""
+    from schemas.manifest import ServerSettings
+
+    for name in ("NEXA_ENGINE", "NEXA_HTTP_SERVER"):
+        monkeypatch.delenv(name, raising=False)
+    assert ServerSettings().http_server == "granian"
+    assert ServerSettings(http_server="robyn").http_server == "robyn"
+    assert ServerSettings(engine="robyn").http_server == "robyn"
+    assert ServerSettings(engine="robyn", http_server="granian").http_server == "granian"
+    monkeypatch.setenv("NEXA_ENGINE", "robyn")
+    assert ServerSettings().http_server == "robyn"

@@ -52,7 +52,6 @@ class RSGIApp:
             headers=headers,
             body=body,
             client=scope.client,
-            disconnected=protocol.client_disconnect,
         )
         # A client that leaves before the answer is ready cancels the handler
         # (and so the model's work) instead of letting it run to the end.

@@ -6,8 +6,8 @@ as optimum's "text-generation-with-past" export (`input_ids`, `attention_mask`,
 `position_ids`, `past_key_values.N.key/value` in, `logits` and
 `present.N.key/value` out), a real causal multi-head attention over the KV
 cache, a byte-level BPE `tokenizer.json` trained with `tokenizers`, and a
-`tokenizer_config.json` with a ChatML chat template. (tests/test_onnx_optimum_export.py checks,
-where torch and optimum are installed, that real optimum exports have this layout.)
+`tokenizer_config.json` with a ChatML chat template. (Real optimum exports of tiny Llama, GPT-2
+and Qwen2 were checked once by hand to have this layout; torch is not installed here.)
 
 The weights are random except for one planted rule, so tests can assert exact
 text: the embedding is one-hot and the LM head maps every token to a fixed
