@@ -38,7 +38,7 @@ CAPABILITY_NAMES = {
 
 
 class Gateway:
-    """Everything a server adapter needs: `startup`, `handle`, `shutdown`."""
+    """Everything a server adapter needs: `startup`, `respond`, `shutdown`."""
 
     def __init__(self, manifest: Manifest, reloader_options: dict | None = None):
         self.manifest = manifest
@@ -176,7 +176,7 @@ class Gateway:
 
     # -- requests ------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response | StreamResponse:
+    async def respond(self, request: Request) -> Response | StreamResponse:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state["request_id"] = request_id
         started = request.state["started"] = time.perf_counter()

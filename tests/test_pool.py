@@ -161,7 +161,7 @@ def test_channel_wakes_the_consumer_from_another_thread():
 
 async def call(gw: Gateway, method: str, path: str, body=None):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
-    response = await gw.handle(Request(method=method, path=path, body=raw))
+    response = await gw.respond(Request(method=method, path=path, body=raw))
     if hasattr(response, "chunks"):
         data = b"".join([chunk async for chunk in response.chunks])
         return response.status, response.headers, data
@@ -232,7 +232,7 @@ def test_client_habits_null_fields_top_p_zero_head_and_slashed_names():
             "n": None, "presence_penalty": None, "frequency_penalty": None, "logprobs": None})
         greedy = await call(gw, "POST", "/v1/completions", {"model": "a", "prompt": "p", "max_tokens": 1, "top_p": 0})
         card = await call(gw, "GET", "/v1/models/org/model-a")
-        head = await gw.handle(Request(method="HEAD", path="/health"))
+        head = await gw.respond(Request(method="HEAD", path="/health"))
         gw.shutdown()
         return nulls, greedy, card, head
 

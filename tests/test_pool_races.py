@@ -107,7 +107,7 @@ def test_a_cancelled_admin_reload_still_applies_the_whole_plan(tmp_path):
         await gw.pool.get("a").ready()
         # replace a (slow load) and remove b
         write([{"name": "a", "preload": True, "options": {"load_delay": 1.0}}])
-        admin = loop.create_task(gw.handle(Request("POST", "/admin/reload")))
+        admin = loop.create_task(gw.respond(Request("POST", "/admin/reload")))
         await asyncio.sleep(0.3)
         admin.cancel()                                    # the admin's curl is interrupted / LB timeout
         await asyncio.gather(admin, return_exceptions=True)

@@ -55,7 +55,7 @@ class RSGIApp:
         )
         # A client that leaves before the answer is ready cancels the handler
         # (and so the model's work) instead of letting it run to the end.
-        handling = asyncio.ensure_future(self.gateway.handle(request))
+        handling = asyncio.ensure_future(self.gateway.respond(request))
         gone = asyncio.ensure_future(protocol.client_disconnect())
         await asyncio.wait([handling, gone], return_when=asyncio.FIRST_COMPLETED)
         if not handling.done():

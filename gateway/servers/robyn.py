@@ -87,7 +87,7 @@ def import_robyn() -> tuple[Any, Any]:
 
 
 class RobynAdapter:
-    """One catch-all async route per method hands every request to `Gateway.handle`;
+    """One catch-all async route per method hands every request to `Gateway.respond`;
     the adapter also owns the lifecycle Robyn gets wrong (start-up, signals, drain)."""
 
     def __init__(self, gateway: Gateway, robyn: Any, config: Any):
@@ -109,8 +109,8 @@ class RobynAdapter:
         app = self.robyn.Robyn(__file__, config=self.config)
         for method in METHODS:
             # "/*path" does not match "/" itself.
-            app.add_route(method, "/", self.handle)
-            app.add_route(method, "/*path", self.handle)
+            app.add_route(method, "/", self.respond)
+            app.add_route(method, "/*path", self.respond)
         app.startup_handler(self.startup)
         return app
 
@@ -158,7 +158,7 @@ class RobynAdapter:
 
     # -- requests --------------------------------------------------------------
 
-    async def handle(self, request: Any) -> Any:
+    async def respond(self, request: Any) -> Any:
         if self.inflight == 0 or not self._sigint_taken:
             # actix installs its own SIGINT handler from another thread at a moment we cannot
             # observe, so take SIGINT back whenever the server goes from idle to busy (a syscall).
@@ -169,7 +169,7 @@ class RobynAdapter:
             translated = self.translate(request)
             if isinstance(translated, Response):
                 return self._response(translated)
-            response = await self.gateway.handle(translated)
+            response = await self.gateway.respond(translated)
             if isinstance(response, StreamResponse):
                 answer = self._stream(response)
                 streamed = True  # from here on the stream's end releases it
