@@ -6,6 +6,7 @@ so that a user can fix a manifest without reading a traceback.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -16,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from backends.base import REGISTRY
+from backends.options import OPTIONS
 from gateway.hub import parse_source
 from schemas.manifest import Manifest, ModelFormat, ServerSettings
 
@@ -204,7 +206,31 @@ def _semantic_problems(manifest: Manifest) -> list[str]:
             problems.append(f"models[{index}].source: {exc}")
         else:
             problems += _pin_problems(index, spec, source)
+        problems += option_problems(index, spec)
     return problems
+
+
+def option_problems(index: int, spec: Any) -> list[str]:
+    """`options:` checked against the backend's typed options (backends.options), before any load."""
+    found = OPTIONS.get(spec.backend or REGISTRY.get((spec.type, spec.format), ""))
+    if found is None:  # a custom backend owns its options
+        return []
+    engine, model = found
+    try:
+        model.model_validate(spec.options)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = key_path(("models", index, "options", *err["loc"]))
+            if err["type"] == "extra_forbidden":
+                name = str(err["loc"][-1])
+                close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                problems.append(f"{where}: unknown option for {engine}{hint}")
+            else:
+                problems.append(f"{where}: {_reason(err)}")
+        return problems
+    return []
 
 
 def _pin_problems(index: int, spec: Any, source: Any) -> list[str]:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from backends.base import REGISTRY
+from backends.options import OPTIONS
 from gateway.config import ManifestError, build, load_file, parse_text
 from gateway.plan import Plan, diff
 from schemas.manifest import Manifest, ModelFormat, ServerSettings
@@ -55,6 +57,19 @@ def schema_document() -> dict[str, Any]:
         "then": {"anyOf": [{"required": ["base_url"]}, {"required": ["source"]}]},
         "else": {"required": ["source"]},
     }]
+    # Each engine's typed `options` (backends.options), picked by the model's type and format.
+    for (model_type, model_format), target in REGISTRY.items():
+        if target not in OPTIONS:
+            continue
+        engine, model = OPTIONS[target]
+        options_schema = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(options_schema.pop("$defs", {}))
+        defs.setdefault(model.__name__, {**options_schema, "description": f"options for {engine}"})
+        defs["ModelSpec"]["allOf"].append({
+            "if": {"properties": {"type": {"const": model_type.value}, "format": {"const": model_format.value}},
+                   "required": ["type", "format"]},
+            "then": {"properties": {"options": {"$ref": f"#/$defs/{model.__name__}"}}},
+        })
     return schema
 
 

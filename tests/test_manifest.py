@@ -181,3 +181,39 @@ def test_http_server_setting_and_its_deprecated_alias(monkeypatch):
     assert ServerSettings(engine="robyn", http_server="granian").http_server == "granian"
     monkeypatch.setenv("NEXA_ENGINE", "robyn")
     assert ServerSettings().http_server == "robyn"
+
+
+@pytest.mark.parametrize("source, options, expected", [
+    ("smollm2", {"n_batchh": 1}, "models[0].options.n_batchh: unknown option for llama.cpp; did you mean n_batch?"),
+    ("smollm2", {"n_batch": 0}, "models[0].options.n_batch: must be > 0"),
+    ("smollm2", {"chat_template": 5}, "models[0].options.chat_template: input should be a valid string"),
+    ("whisper-base", {"max_audio_seconds": 0}, "models[0].options.max_audio_seconds: must be > 0"),
+    ("whisper-base", {"vad_filterr": True}, "models[0].options.vad_filterr: unknown option for faster-whisper; "
+                                            "did you mean vad_filter?"),
+    ("all-minilm-l6-v2", {"pooling": "max"}, "models[0].options.pooling: input should be 'mean', 'cls' or 'none'"),
+])
+def test_engine_options_are_checked_before_anything_loads(source, options, expected):
+    """A typo in `options:` is a manifest error with its key path, not a load failure later."""
+    with pytest.raises(ManifestError) as caught:
+        build({"models": [{"name": "m", "source": source, "options": options}]})
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value.problems
+
+
+def test_valid_engine_options_and_custom_backends_pass():
+    build({"models": [
+        {"name": "a", "source": "smollm2", "options": {"n_batch": 256, "flash_attn": True, "chat_template": "{{x}}"}},
+        {"name": "b", "source": "whisper-base", "options": {"vad_filter": True, "compute_type": "int8"}},
+        {"name": "c", "source": "all-minilm-l6-v2", "options": {"normalize": True, "providers": ["CPUExecutionProvider"]}},
+        {"name": "d", "source": "smollm2", "backend": "tests.fakes:FakeBackend", "options": {"anything": 1}},
+    ]})
+
+
+def test_schema_document_types_engine_options():
+    import jsonschema
+
+    from gateway.gitops import schema_document
+
+    validator = jsonschema.Draft202012Validator(schema_document())
+    model = {"name": "a", "source": "x.gguf", "type": "NLP", "format": "gguf"}
+    assert not list(validator.iter_errors({"models": [{**model, "options": {"n_batch": 8}}]}))
+    assert list(validator.iter_errors({"models": [{**model, "options": {"n_batchh": 8}}]}))
