@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import io
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 
 ENGLISH = "the quick brown fox jumps over the lazy dog"
-ENGLISH_WORDS = ("quick", "brown", "fox", "lazy", "dog")
 FRENCH = "bonjour, je m'appelle Pierre et j'habite à Paris"
 
 # container -> (PyAV muxer, codec, sample rate or None for the source's)
@@ -102,9 +100,3 @@ def reference_segments(folder: Path, audio: bytes, *, task: str = "transcribe", 
 def reference(folder: Path, audio: bytes, **settings: Any) -> str:
     """The whole text of `reference_segments`, as the gateway joins it."""
     return "".join(reference_segments(folder, audio, **settings)).strip()
-
-
-def heard(text: str, words: tuple[str, ...] = ENGLISH_WORDS) -> int:
-    """How many of `words` a transcript contains (lower-cased, punctuation ignored)."""
-    said = set(re.findall(r"[^\W\d_]+", text.lower()))
-    return sum(1 for w in words if w in said)
