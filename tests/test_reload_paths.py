@@ -147,3 +147,22 @@ def test_a_single_mounted_file_is_recognised(tmp_path):
     assert kind == "file-mount" and "subPath" in how and "mount the whole folder" in how
     assert watchpaths.how_watched(path, mountinfo="")[0] == "file"
     assert watchpaths.how_watched(tmp_path / "absent.yaml", mountinfo="")[0] == "missing"
+
+
+def test_the_gateway_warns_at_start_about_a_single_mounted_file(tmp_path, monkeypatch, caplog):
+    from gateway.reload import Reloader
+
+    path = tmp_path / "nexa.yaml"
+    path.write_text(manifest("a"))
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"571 22 253:1 /volume-subpaths/config/nexa/0 {path} ro,relatime - ext4 /dev/vda1 rw\n")
+    monkeypatch.setattr(watchpaths, "MOUNTINFO", mountinfo)
+    with caplog.at_level("INFO", logger="nexa.reload"):
+        Reloader(gateway=None, manifest_path=str(path), watch=False)._describe()  # warned even without watching
+    assert [(r.levelname, r.kind) for r in caplog.records] == [("WARNING", "file-mount")]
+    assert "subPath" in caplog.records[0].getMessage()
+    caplog.clear()
+    mountinfo.write_text("")
+    with caplog.at_level("INFO", logger="nexa.reload"):
+        Reloader(gateway=None, manifest_path=str(path), watch=True)._describe()
+    assert [(r.levelname, r.kind) for r in caplog.records] == [("INFO", "file")]
