@@ -99,6 +99,13 @@ class Backend:
     def load(cls, spec: ModelSpec, path: Path) -> "Backend":
         return cls(spec, path)
 
+    @classmethod
+    def capabilities_of(cls, spec: ModelSpec, path: Path | None) -> frozenset[str]:
+        """What a model offers before it loads, from its files when they are on disk
+        (`path`; None when not fetched yet). Routing relies on it, so it must not
+        promise what the loaded model lacks (e.g. an English-only Whisper)."""
+        return cls.capabilities
+
     def close(self) -> None:
         """Free engine memory. Called on the backend's own thread."""
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,8 +156,47 @@ def _device(spec: ModelSpec) -> str:
     raise LoadError(f"faster-whisper runs on cpu or cuda; device {spec.device.value!r} is not supported")
 
 
+# CTranslate2's own test (models/whisper.cc): a multilingual Whisper vocabulary has at least this many tokens.
+MULTILINGUAL_VOCABULARY = 51865
+
+
+def vocabulary_size(folder: Path) -> int | None:
+    """The token count of a CTranslate2 Whisper folder, from whichever vocabulary file it has."""
+    try:
+        if (folder / "vocabulary.txt").is_file():
+            with open(folder / "vocabulary.txt", "rb") as file:
+                return sum(1 for _ in file)
+        if (folder / "vocabulary.json").is_file():
+            return len(json.loads((folder / "vocabulary.json").read_text(encoding="utf-8")))
+        if (folder / "tokenizer.json").is_file():
+            tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+            ids = [*tokenizer.get("model", {}).get("vocab", {}).values(),
+                   *(t.get("id", -1) for t in tokenizer.get("added_tokens", ()))]
+            return max(ids) + 1 if ids else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return None
+
+
+def english_only_files(path: Path) -> bool:
+    """Whether a Whisper folder holds an English-only model, known without loading it:
+    from its vocabulary size (what faster-whisper itself decides by), else the `.en`
+    in the name OpenAI gives those models (`tiny.en`, `faster-whisper-base.en`)."""
+    folder = path.parent if path.is_file() else path
+    size = vocabulary_size(folder)
+    if size is not None:
+        return size < MULTILINGUAL_VOCABULARY
+    return re.search(r"\.en($|[-_.])", folder.name) is not None
+
+
 class WhisperBackend(Backend):
     capabilities = frozenset({"transcribe", "translate"})
+
+    @classmethod
+    def capabilities_of(cls, spec: ModelSpec, path: Path | None) -> frozenset[str]:
+        if path is not None and english_only_files(path):
+            return frozenset({"transcribe"})
+        return cls.capabilities
 
     def __init__(self, spec: ModelSpec, path: Path, model: Any, device: str, compute_type: str,
                  transcribe_defaults: dict[str, Any]):

@@ -179,6 +179,7 @@ class Gateway:
     async def respond(self, request: Request) -> Response | StreamResponse:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state["request_id"] = request_id
+        current_model.set("")  # a server may run several requests of one connection in one task
         started = request.state["started"] = time.perf_counter()
         try:
             current_key.set(self.auth.authenticate(request))
@@ -205,7 +206,9 @@ class Gateway:
         if request.method == "HEAD" and isinstance(response, Response):
             response.body = b""
         response.headers["x-request-id"] = request_id
-        response.headers.update(cors_headers(request, self.manifest.server))
+        if current_model.get():  # which model answered: routing is observable without reading the words
+            response.headers["x-nexa-model"] = current_model.get()
+        response.headers.update(cors_headers(request, self.manifest.server, allow=response.headers.get("allow")))
         self._observe(request, response, started, request_id)
         return response
 
@@ -222,9 +225,9 @@ class Gateway:
                         "stream": isinstance(response, StreamResponse)})
 
     async def _dispatch(self, request: Request) -> Response | StreamResponse:
-        if request.method == "OPTIONS":
-            return Response(204, {"allow": "GET, POST, OPTIONS"})
         try:
+            if request.method == "OPTIONS":  # a CORS preflight or a client asking: only on a real route
+                return Response(204, {"allow": self.router.allowed(request.path)})
             handler, params = self.router.match(request.method, request.path)
         except HTTPError as exc:
             capability = self._unserved.get(request.path)

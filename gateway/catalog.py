@@ -44,6 +44,7 @@ class CatalogEntry:
     aliases: tuple[str, ...] = ()
     files: tuple[CatalogFile, ...] = ()
     hf: HubRef | None = None
+    capabilities: tuple[str, ...] | None = None  # narrows the engine's, known before any download
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,7 +58,7 @@ def _entry(name: str, raw: dict[str, Any]) -> CatalogEntry:
         for f in raw.get("files", ())
     )
     hf = HubRef(**raw["hf"]) if raw.get("hf") else None
-    known = {"type", "format", "path", "description", "aliases", "files", "hf"}
+    known = {"type", "format", "path", "description", "aliases", "files", "hf", "capabilities"}
     return CatalogEntry(
         name=name,
         type=raw["type"],
@@ -67,6 +68,7 @@ def _entry(name: str, raw: dict[str, Any]) -> CatalogEntry:
         aliases=tuple(raw.get("aliases", ())),
         files=files,
         hf=hf,
+        capabilities=tuple(raw["capabilities"]) if raw.get("capabilities") is not None else None,
         extra={k: v for k, v in raw.items() if k not in known},
     )
 

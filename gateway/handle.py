@@ -54,6 +54,20 @@ class ModelUnavailable(Exception):
         self.code = code
 
 
+def capabilities_before_load(spec: ModelSpec) -> frozenset[str]:
+    """What /v1/models and routing see before the model loads: the engine's, narrowed by
+    the catalog entry's `capabilities` or, for a local path, by the model's own files."""
+    engine = backend_for(spec)
+    try:
+        source = hub.parse_source(spec.source)
+    except ValueError:
+        return engine.capabilities
+    if source.entry is not None and source.entry.capabilities is not None:
+        return engine.capabilities & frozenset(source.entry.capabilities)
+    path = Path(source.value).expanduser() if source.kind == "local" else None
+    return engine.capabilities_of(spec, path if path is not None and path.exists() else None)
+
+
 class ModelHandle:
     """One declared model: its spec, state, replicas and their shared job queue."""
 
@@ -79,7 +93,7 @@ class ModelHandle:
         self.failed_at = 0.0
         self.backends: list[Backend] = []
         try:
-            self.capabilities = backend_for(spec).capabilities
+            self.capabilities = capabilities_before_load(spec)
         except LoadError as exc:
             self.capabilities = frozenset()
             self.error = str(exc)

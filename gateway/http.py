@@ -124,7 +124,8 @@ class Router:
                 return
         self._routes.append((pattern, {method.upper(): handler}))
 
-    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    def _lookup(self, method: str, path: str) -> tuple[dict[str, Handler], dict[str, str]]:
+        """The route's handlers by method and the path's parameters; a 404 for an unknown path."""
         methods = self._exact.get(path)
         params: dict[str, str] = {}
         if methods is None:
@@ -135,6 +136,17 @@ class Router:
                     break
         if methods is None:
             raise HTTPError(404, f"Unknown route {method} {path}.", code="route_not_found")
+        return methods, params
+
+    def allowed(self, path: str) -> str:
+        """The `allow` header of a path's OPTIONS answer: its own methods (HEAD with GET), or a 404."""
+        methods = set(self._lookup("OPTIONS", path)[0]) | {"OPTIONS"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return ", ".join(sorted(methods))
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        methods, params = self._lookup(method, path)
         handler = methods.get(method.upper())
         if handler is None and method.upper() == "HEAD":
             handler = methods.get("GET")  # the adapter sends no body for HEAD

@@ -2,21 +2,26 @@
 SIGHUP, or on `POST /admin/reload`.
 
 A broken manifest is logged with its key paths and the last good one keeps
-serving. The folder is watched rather than the file, and the file's content is
-compared, so editors that replace files and Kubernetes ConfigMaps (which swap a
-symlink) both trigger exactly one reload.
+serving. The path is never resolved once: the manifest is read through the path the
+user gave, the folders watched are recomputed after every change (the folder
+holding the path and those of its symlink hops, gateway/watchpaths.py), and the
+content is compared, so an editor's rename-over, an in-place edit, a re-pointed
+symlink and a Kubernetes ConfigMap update (a `..data` symlink swap, the old folder
+deleted) each trigger exactly one reload. The content is also re-checked every
+few seconds without events, for filesystems that do not report changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import metrics
+from gateway import metrics, watchpaths
 from gateway.config import ManifestError, load_file
 from gateway.plan import diff
 
@@ -24,6 +29,8 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("nexa.reload")
+
+RECHECK_MS = 2000  # the content is compared this often even when no event arrives
 
 
 def _digest(path: Path) -> str | None:
@@ -33,12 +40,21 @@ def _digest(path: Path) -> str | None:
         return None
 
 
+def _stat(path: Path) -> str | None:
+    """A model file's identity: cheap enough to take every few seconds, unlike hashing gigabytes."""
+    try:
+        st = path.stat()  # follows symlinks, like the read would
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 class Reloader:
     def __init__(self, gateway: "Gateway", manifest_path: str | None, watch: bool, model_files: list[str] = ()):
         self.gateway = gateway
-        self.path = Path(manifest_path).resolve() if manifest_path else None
+        self.path = watchpaths.absolute(manifest_path) if manifest_path else None
         self.watch = watch
-        self.model_files = [Path(p).resolve() for p in model_files]
+        self.model_files = [watchpaths.absolute(p) for p in model_files]
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
@@ -50,9 +66,10 @@ class Reloader:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("sighup")))
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP here
             log.debug("SIGHUP reload not available in this process")
+        self._describe()
         if self.watch:
             for target in self._targets():
-                self._seen[target] = _digest(target)
+                self._seen[target] = self._fingerprint(target)
             self._stop = asyncio.Event()
             self._task = loop.create_task(self._watch())
 
@@ -62,28 +79,62 @@ class Reloader:
         if self._task is not None:
             self._task.cancel()
 
+    def _describe(self) -> None:
+        """Say once at start which paths are watched and how; warn about a single mounted
+        file (a Kubernetes subPath), which no update ever reaches, even without watching."""
+        for target in self._targets():
+            kind, how = watchpaths.how_watched(target)
+            if kind == "file-mount":
+                log.warning("%s", how, extra={"event": "watch", "path": str(target), "kind": kind})
+            elif self.watch:
+                log.info("watching %s for changes: %s", target, how,
+                         extra={"event": "watch", "path": str(target), "kind": kind})
+
+    def _fingerprint(self, target: Path) -> str | None:
+        return _stat(target) if target in self.model_files else _digest(target)
+
     def _targets(self) -> list[Path]:
         return ([self.path] if self.path else []) + self.model_files
 
     async def _watch(self) -> None:
         import watchfiles
 
-        folders = sorted({str(t.parent) for t in self._targets()})
         debounce = self.gateway.manifest.server.reload_debounce_ms
-        log.info("watching %s for changes", ", ".join(str(t) for t in self._targets()),
-                 extra={"event": "watch", "paths": folders})
-        async for _ in watchfiles.awatch(*folders, debounce=debounce, step=50, stop_event=self._stop,
-                                         recursive=False, ignore_permission_denied=True):
-            changed = [t for t in self._targets() if _digest(t) != self._seen.get(t)]
-            if not changed:
+        while not self._stop.is_set():
+            folders = watchpaths.watched_folders(self._targets())
+            log.debug("watching folders %s", ", ".join(folders), extra={"event": "watch_folders", "paths": folders})
+            if not folders:  # nothing there yet: look again later
+                await self._check()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), RECHECK_MS / 1000)
+                except asyncio.TimeoutError:
+                    pass
                 continue
-            for target in changed:
-                self._seen[target] = _digest(target)
-            models_changed = [t for t in changed if t in self.model_files]
             try:
-                await self.reload("watch", force=bool(models_changed))
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad reload
-                log.exception("manifest reload failed", extra={"event": "reload", "outcome": "error"})
+                changes = watchfiles.awatch(*folders, debounce=debounce, step=50, stop_event=self._stop,
+                                            recursive=False, ignore_permission_denied=True, watch_filter=None,
+                                            rust_timeout=RECHECK_MS, yield_on_timeout=True)
+                async with contextlib.aclosing(changes):
+                    async for _ in changes:  # a batch of events, or nothing for RECHECK_MS
+                        await self._check()
+                        if watchpaths.watched_folders(self._targets()) != folders:
+                            break  # a symlink now points elsewhere: watch the new folders
+            except Exception:  # noqa: BLE001 - e.g. a watched folder vanished while starting to watch it
+                log.debug("restarting the file watcher", exc_info=True, extra={"event": "watch_restart"})
+                await asyncio.sleep(RECHECK_MS / 1000)
+
+    async def _check(self) -> None:
+        """Compare each target's content, read through the path the user gave; reload on a change."""
+        now = {t: self._fingerprint(t) for t in self._targets()}
+        changed = [t for t, seen in now.items() if seen != self._seen.get(t)]
+        if not changed:
+            return
+        self._seen.update(now)
+        models_changed = [t for t in changed if t in self.model_files]
+        try:
+            await self.reload("watch", force=bool(models_changed))
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one bad reload
+            log.exception("manifest reload failed", extra={"event": "reload", "outcome": "error"})
 
     async def reload(self, trigger: str, force: bool = False) -> dict[str, Any]:
         """Validate, diff, apply. Never raises: the outcome is logged and returned.

@@ -74,8 +74,9 @@ def check_model(names: list[str]) -> None:
         raise HTTPError(403, f"This API key may not use model {names[0]!r}.", param="model", code="model_not_allowed")
 
 
-def cors_headers(request: Request, settings: ServerSettings) -> dict[str, str]:
-    """Headers for an allowed origin; none for others (the browser then blocks the answer)."""
+def cors_headers(request: Request, settings: ServerSettings, allow: str | None = None) -> dict[str, str]:
+    """Headers for an allowed origin; none for others (the browser then blocks the answer).
+    `allow`: the route's methods, which a preflight's answer lists (none for an unknown route)."""
     origin = request.headers.get("origin")
     allowed = settings.cors_origins
     if not origin or not allowed:
@@ -91,10 +92,10 @@ def cors_headers(request: Request, settings: ServerSettings) -> dict[str, str]:
         headers["access-control-allow-origin"] = origin
         if settings.cors_allow_credentials:
             headers["access-control-allow-credentials"] = "true"
-    if request.method == "OPTIONS":
-        headers["access-control-allow-methods"] = "GET, POST, OPTIONS"
+    if request.method == "OPTIONS" and allow:
+        headers["access-control-allow-methods"] = allow
         headers["access-control-allow-headers"] = request.headers.get(
             "access-control-request-headers", "authorization, content-type")
         headers["access-control-max-age"] = "600"
-    headers["access-control-expose-headers"] = "x-request-id, retry-after"
+    headers["access-control-expose-headers"] = "x-request-id, retry-after, x-nexa-model"
     return headers

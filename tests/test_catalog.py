@@ -45,7 +45,7 @@ def test_every_catalog_entry_parses():
             assert entry.hf.repo.count("/") == 1, name
         for alias in entry.aliases:
             assert table[alias] is entry
-        assert set(fields) - {"type", "format", "path", "description", "aliases", "files", "hf"} == set(entry.extra)
+        assert set(fields) - {"type", "format", "path", "description", "aliases", "files", "hf", "capabilities"} == set(entry.extra)
 
 
 def test_the_known_names_exist():

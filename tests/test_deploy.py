@@ -2,19 +2,23 @@
 
 None of them can run here (no Docker engine, no cluster, no systemd), so the tests check
 what they declare against the real CLI and gateway: the commands parse and run, the
-healthcheck works against a real server, and the chart renders (tests/helm_render.py,
-and real `helm` where it is on PATH) into objects with the probes, mounts, init
-container, grace period, secret env and ports the gateway needs.
+healthcheck works against a real server, and the chart passes the real Helm v4's
+`helm lint --strict` and renders with `helm template` (tests/tools.py installs Helm once
+per machine) into objects that validate against the Kubernetes schemas
+(kubernetes-validate) and carry the probes, mounts, init container, grace period,
+secret env and ports the gateway needs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,12 +27,18 @@ import yaml
 from gateway.cli import make_parser
 from gateway.config import parse_text
 from schemas.manifest import ServerSettings
+from tests import tools
 from tests.conftest import ROOT, write_manifest
-from tests.helm_render import Renderer
 
 pytestmark = pytest.mark.timeout(120)
 
 CHART = ROOT / "deploy" / "helm" / "nexa-gateway"
+KUBERNETES = "1.35"  # the version Helm v4.1's client (and the kubectl beside it) targets
+# Custom resources kubernetes-validate has no schema for; their fields are asserted below.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+OPTIONS = {"apiKeys": {"keys": ["a-long-key-123", {"key": "limited-key-12", "models": ["smollm2"]}]},
+           "cache": {"persistence": {"enabled": True}}, "offline": True,
+           "autoscaling": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}
 
 
 def dockerfile() -> dict:
@@ -121,8 +131,55 @@ def test_the_healthcheck_command_passes_against_a_server_and_fails_without_one(t
 # -- Helm chart -------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def helm() -> str:
+    try:
+        return str(tools.helm())
+    except tools.ToolError as exc:
+        pytest.fail(f"no helm: {exc}")
+
+
+def run_helm(*args: str, values: dict | None = None) -> str:
+    """Run the real helm on the chart with these values (a values file, as users pass them)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        yaml.safe_dump(values or {}, file)
+        file.flush()
+        done = subprocess.run([helm(), *args, str(CHART), "-f", file.name], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def objects(values: dict | None = None) -> dict[str, dict]:
-    return {doc["kind"]: doc for doc in Renderer(CHART, values).documents()}
+    """`helm template` of the chart, each object validated against the Kubernetes schemas."""
+    import kubernetes_validate
+
+    rendered = [doc for doc in yaml.safe_load_all(run_helm("template", "rel", values=values)) if doc]
+    for doc in rendered:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, f"no schema for {doc['apiVersion']} {doc['kind']}"
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']} is not a valid Kubernetes object: {exc.message} "
+                        f"at {'.'.join(map(str, exc.path))}")
+    kinds = [doc["kind"] for doc in rendered]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {doc["kind"]: doc for doc in rendered}
+
+
+@pytest.mark.parametrize("values", [None, OPTIONS, {"existingConfigMap": "from-git", "apiKeys": {"existingSecret": "k"}}],
+                         ids=["defaults", "options", "external"])
+def test_chart_passes_helm_lint_strict(values):
+    out = run_helm("lint", "--strict", values=values)
+    assert "1 chart(s) linted, 0 chart(s) failed" in out, out
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+
+
+def test_invalid_objects_are_caught():
+    """The schema check can fail: a chart value of the wrong type makes an invalid Deployment."""
+    with pytest.raises(pytest.fail.Exception, match="not a valid Kubernetes object"):
+        objects({"readinessProbe": {"periodSeconds": "often"}})
 
 
 def container(deployment: dict, name: str) -> dict:
@@ -181,9 +238,7 @@ def test_chart_defaults_render_a_reloadable_gateway(monkeypatch):
 
 
 def test_chart_options_render_secret_keys_pvc_hpa_and_service_monitor(monkeypatch):
-    keys = ["a-long-key-123", {"key": "limited-key-12", "models": ["smollm2"]}]
-    rendered = objects({"apiKeys": {"keys": keys}, "cache": {"persistence": {"enabled": True}}, "offline": True,
-                        "autoscaling": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}})
+    rendered = objects(OPTIONS)
     assert set(rendered) == {"ConfigMap", "Deployment", "Service", "Secret", "PersistentVolumeClaim",
                              "HorizontalPodAutoscaler", "ServiceMonitor"}
     deployment = rendered["Deployment"]

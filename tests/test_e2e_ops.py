@@ -274,3 +274,27 @@ def test_replicas_serve_requests_side_by_side(tmp_path, start_server):
     for t in threads:
         t.join()
     assert [r.status_code for r in results] == [200, 200]
+
+
+def test_unknown_request_fields_are_accepted_and_logged_once_per_route_and_field(tmp_path, start_server):
+    import json
+
+    path = write_manifest(tmp_path / "nexa.yaml", [fake("a", preload=True)], server={"log_level": "debug"})
+    server = start_server(["-c", str(path)])
+    body = {"model": "a", "prompt": "p", "max_tokens": 1, "x_vendor_hint": {"a": 1}, "max_new_tokens": 2}
+    for _ in range(3):
+        assert httpx.post(server.url + "/v1/completions", json=body, timeout=30).status_code == 200
+    chat = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "x_vendor_hint": 1}
+    assert httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=30).status_code == 200
+
+    def noted() -> list[dict]:
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == "unknown_field"]
+
+    wait_for(lambda: len(noted()) >= 2)
+    time.sleep(0.2)
+    events = noted()
+    # once per (route, field); `max_new_tokens` is a known alias, not an unknown field
+    assert [(e["route"], e["field"]) for e in events] == [("/v1/completions", "x_vendor_hint"),
+                                                         ("/v1/chat/completions", "x_vendor_hint")]
+    assert all(e["level"] == "debug" for e in events)

@@ -23,6 +23,7 @@ from backends.whisper import decode_audio, normalise_language
 from gateway.http import HTTPError, Request, Response, json_response
 from gateway.multipart import Form, parse_form
 from gateway.pool import ModelHandle
+from gateway.routes.common import note_unknown_fields
 from schemas.audio import (
     AudioParams,
     DurationUsage,
@@ -108,6 +109,7 @@ def _too_large(limit: int, size: int | None = None) -> HTTPError:
 
 
 def _params(request: Request, form: Form) -> AudioParams:
+    note_unknown_fields(request, form.fields, {*PARAMS, "timestamp_granularities[]", "timestamp_granularities"})
     raw: dict[str, Any] = {}
     for name in PARAMS:
         value = form.value(name)
@@ -131,8 +133,9 @@ def _params(request: Request, form: Form) -> AudioParams:
 
 
 def _english_only(handle: ModelHandle) -> bool:
-    """Only knowable once loaded: faster-whisper reads it from the model's vocabulary."""
-    return handle.backend is not None and getattr(handle.backend, "multilingual", True) is False
+    """A speech model that cannot translate: known before loading (the catalog entry or the
+    model's vocabulary, see capabilities_before_load), confirmed by faster-whisper once loaded."""
+    return "transcribe" in handle.capabilities and "translate" not in handle.capabilities
 
 
 def _english_only_error(handle: ModelHandle) -> HTTPError:

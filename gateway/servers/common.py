@@ -5,9 +5,9 @@ traceback (or, with Robyn, an interactive prompt)."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from schemas.manifest import Manifest
@@ -21,7 +21,7 @@ def reloader_options(manifest: Manifest, manifest_path: str | None,
     file itself is watched, so replacing the weights reloads the model.
     """
     return {
-        "manifest_path": str(Path(manifest_path).resolve()) if manifest_path else None,
+        "manifest_path": os.path.abspath(manifest_path) if manifest_path else None,  # keeps symlinks: see reload.py
         "watch": bool(manifest.server.reload),
         "model_files": [str(p) for p in watch_files if p],
     }
