@@ -16,7 +16,7 @@ from gateway import metrics, routes
 from gateway.config import manifest_hash
 from gateway.http import HTTPError, Request, Response, Router, StreamResponse
 from gateway.plan import Plan
-from gateway.pool import ModelHandle, ModelPool, ModelState, ModelUnavailable
+from gateway.pool import ModelHandle, ModelPool, ModelUnavailable
 from gateway.security import Authenticator, check_model, cors_headers, current_key, load_keys
 from schemas.manifest import Manifest
 
@@ -50,7 +50,6 @@ class Gateway:
         self.reloader = None
         self._reloader_options = reloader_options
         self._unserved: dict[str, str] = {}
-        self._background: set[asyncio.Task] = set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -58,7 +57,7 @@ class Gateway:
         self.pool = ModelPool(self.manifest.models, loop, self.manifest.server)
         self._wire_routes()
         self.pool.preload()
-        metrics.POOL.gateway = self
+        metrics.observe_pool(self.pool)
         if self._reloader_options is not None:
             from gateway.reload import Reloader
 
@@ -94,24 +93,7 @@ class Gateway:
 
     async def apply(self, new: Manifest, plan: Plan) -> list[str]:
         """Apply a manifest diff. Returns the models whose replacement failed (the old ones keep serving)."""
-        pool, specs, failed = self.pool, {m.name: m for m in new.models}, []
-        for name in plan.update:
-            pool.handles[name].spec = specs[name]
-        for name in plan.add:
-            handle = ModelHandle(specs[name], pool)
-            pool.handles[name] = handle
-            if handle.spec.preload and await self._room_for(handle):
-                handle.start_loading()
-        for name in plan.remove:
-            old = pool.handles.pop(name, None)
-            if old is None:
-                continue
-            old.retired = True
-            self._in_background(old.unload("removed"))
-        replacements = await asyncio.gather(*(self._replace(pool.handles[n], specs[n]) for n in plan.replace))
-        failed = [name for name, ok in zip(plan.replace, replacements) if not ok]
-        pool.handles = {m.name: pool.handles[m.name] for m in new.models if m.name in pool.handles}
-        pool.reindex()
+        failed = await self.pool.apply(plan, new.models)
         kept = [m if m.name not in failed else next(s for s in self.manifest.models if s.name == m.name)
                 for m in new.models]
         self.manifest = new.model_copy(update={"models": kept})
@@ -119,36 +101,6 @@ class Gateway:
         self.auth = Authenticator(load_keys(new.server))  # key changes apply without a restart
         self._wire_routes()
         return failed
-
-    async def _replace(self, old: ModelHandle, spec) -> bool:
-        """Load the new version beside the old one, then switch; requests never see a gap."""
-        new = ModelHandle(spec, self.pool)
-        if (old.state in (ModelState.ready, ModelState.loading) or spec.preload) and await self._room_for(new):
-            await asyncio.shield(new.start_loading())
-            if new.state != ModelState.ready:
-                log.error("replacement of model %s failed, the old version keeps serving: %s", old.name, new.error,
-                          extra={"event": "replace_failed", "model": old.name})
-                return False
-        self.pool.handles[old.name] = new
-        self.pool.reindex()
-        old.retired, old.successor = True, new
-        self._in_background(old.unload("replaced"))
-        return True
-
-    async def _room_for(self, handle: ModelHandle) -> bool:
-        """Residency limits hold for reloads too; without room, the model stays lazy (loads on first use)."""
-        try:
-            await self.pool.make_room(handle)
-        except ModelUnavailable as exc:
-            log.warning("not preloading %s after the reload: %s", handle.name, exc,
-                        extra={"event": "reload_no_room", "model": handle.name})
-            return False
-        return True
-
-    def _in_background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- model selection -----------------------------------------------------
 

@@ -176,7 +176,7 @@ class ModelHandle:
         backend: Backend | None = None
         try:
             spec, path = hub.fetch_model(self.spec, offline=bool(getattr(self.pool.settings, "offline", False)))
-            self.size_bytes = _size_of(path)
+            self.size_bytes = size_on_disk(path)
             backend = backend_for(spec).load(spec, path)
             self.backends.append(backend)
         except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
@@ -236,7 +236,7 @@ class ModelHandle:
         threads, self._loaded = self._threads, None
         for _ in threads:
             self._jobs.put(None)
-        await asyncio.to_thread(_join, threads)
+        await asyncio.to_thread(join_threads, threads)
         self.backends = []
         if self.state == ModelState.unloading:
             self.state = ModelState.unloaded
@@ -244,6 +244,19 @@ class ModelHandle:
         metrics.UNLOADS.labels(self.name, reason).inc()
         log.info("unloaded model %s (%s)", self.name, reason, extra={"event": "model_unloaded", "model": self.name,
                                                                      "reason": reason})
+
+    def retire(self, successor: "ModelHandle | None" = None) -> None:
+        """Taken out of the manifest (removed, or replaced by `successor`): never loads again,
+        and its callers move on to the successor."""
+        self.retired, self.successor = True, successor
+
+    def stop_threads(self, timeout: float | None = None) -> None:
+        """Synchronous stop for servers whose event loop has already ended: each replica
+        thread closes its engine after the job it is running."""
+        threads = self._threads
+        for _ in threads:
+            self._jobs.put(None)
+        join_threads(threads, timeout)
 
     def retry(self) -> None:
         """A failed model may be loaded again by the next request (e.g. after its file was fixed)."""
@@ -367,12 +380,12 @@ class ModelHandle:
             channel.close()  # stops the producer at its next step if we leave early
             self._release(started, submitted)
 
-def _join(threads: list[threading.Thread], timeout: float | None = None) -> None:
+def join_threads(threads: list[threading.Thread], timeout: float | None = None) -> None:
     for thread in threads:
         thread.join(timeout)
 
 
-def _size_of(path: Path) -> int:
+def size_on_disk(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

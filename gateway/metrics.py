@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.pool import ModelPool
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -30,26 +30,32 @@ RELOADS = Counter("nexa_manifest_reloads_total", "Manifest reloads by outcome", 
 class PoolCollector:
     """Gauges read from the pool at scrape time, so they can never drift from the truth."""
 
-    def __init__(self) -> None:
-        self.gateway: "Gateway | None" = None
+    def __init__(self, pool: "ModelPool") -> None:
+        self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        gw = self.gateway
         queue = GaugeMetricFamily("nexa_queue_depth", "Requests waiting for a model", labels=["model"])
         running = GaugeMetricFamily("nexa_requests_running", "Requests being generated", labels=["model"])
         loaded = GaugeMetricFamily("nexa_model_loaded", "1 if the model is loaded", labels=["model", "state"])
         count = GaugeMetricFamily("nexa_loaded_models", "Models loaded or loading")
-        if gw is not None and gw.pool is not None:
-            for handle in gw.pool:
-                queue.add_metric([handle.name], handle.queue_depth())
-                running.add_metric([handle.name], handle.running)
-                loaded.add_metric([handle.name, handle.state.value], 1 if handle.state.value == "ready" else 0)
-            count.add_metric([], len(gw.pool.loaded()))
+        for handle in self.pool:
+            queue.add_metric([handle.name], handle.queue_depth())
+            running.add_metric([handle.name], handle.running)
+            loaded.add_metric([handle.name, handle.state.value], 1 if handle.state.value == "ready" else 0)
+        count.add_metric([], len(self.pool.loaded()))
         yield from (queue, running, loaded, count)
 
 
-POOL = PoolCollector()
-REGISTRY.register(POOL)
+_pool_collector: PoolCollector | None = None
+
+
+def observe_pool(pool: "ModelPool") -> None:
+    """Register the serving pool's gauges (one pool per process; a newer one replaces the last)."""
+    global _pool_collector
+    if _pool_collector is not None:
+        REGISTRY.unregister(_pool_collector)
+    _pool_collector = PoolCollector(pool)
+    REGISTRY.register(_pool_collector)
 
 
 def exposition() -> bytes:

@@ -2,20 +2,25 @@
 
 Loading, running and unloading one model is `gateway.handle.ModelHandle`'s job;
 the pool adds what needs the whole picture: lookup by name or alias, preloading,
-idle expiry (`ttl_s`) and least-recently-used eviction under `max_loaded` and
-`memory_budget`.
+idle expiry (`ttl_s`), least-recently-used eviction under `max_loaded` and
+`memory_budget`, and applying a reload's plan. It is the only code that changes
+which handles exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Iterator
 
 from gateway import hub
-from gateway.handle import ModelHandle, ModelState, ModelUnavailable, _join, _size_of
+from gateway.handle import ModelHandle, ModelState, ModelUnavailable, size_on_disk
+from gateway.plan import Plan
 from schemas.manifest import ModelSpec, ServerSettings
+
+log = logging.getLogger("nexa.pool")
 
 __all__ = ["ModelHandle", "ModelPool", "ModelState", "ModelUnavailable"]
 
@@ -31,6 +36,7 @@ class ModelPool:
         self._by_name: dict[str, ModelHandle] = {}
         self._room = asyncio.Lock()
         self._janitor: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
         for spec in specs:
             self.handles[spec.name] = ModelHandle(spec, self)
         self.required = {spec.name for spec in specs if spec.preload}
@@ -101,14 +107,64 @@ class ModelPool:
     def close(self, timeout: float | None = None) -> None:
         """Synchronous shutdown for servers whose loop has already stopped."""
         for handle in self:
-            threads = handle._threads
-            for _ in threads:
-                handle._jobs.put(None)
-            _join(threads, timeout)
+            handle.stop_threads(timeout)
+
+    # -- reload ----------------------------------------------------------------
+
+    async def apply(self, plan: Plan, specs: list[ModelSpec]) -> list[str]:
+        """Apply a manifest diff: `specs` are the new manifest's models. Returns the models whose
+        replacement failed (their old version keeps serving)."""
+        by_name = {spec.name: spec for spec in specs}
+        for name in plan.update:
+            self.handles[name].spec = by_name[name]
+        for name in plan.add:
+            handle = ModelHandle(by_name[name], self)
+            self.handles[name] = handle
+            if handle.spec.preload and await self._room_for(handle):
+                handle.start_loading()
+        for name in plan.remove:
+            old = self.handles.pop(name, None)
+            if old is not None:
+                old.retire()
+                self._in_background(old.unload("removed"))
+        replaced = await asyncio.gather(*(self._replace(self.handles[n], by_name[n]) for n in plan.replace))
+        self.handles = {spec.name: self.handles[spec.name] for spec in specs if spec.name in self.handles}
+        self.reindex()
+        return [name for name, ok in zip(plan.replace, replaced) if not ok]
+
+    async def _replace(self, old: ModelHandle, spec: ModelSpec) -> bool:
+        """Load the new version beside the old one, then switch; requests never see a gap."""
+        new = ModelHandle(spec, self)
+        if (old.state in (ModelState.ready, ModelState.loading) or spec.preload) and await self._room_for(new):
+            await asyncio.shield(new.start_loading())
+            if new.state != ModelState.ready:
+                log.error("replacement of model %s failed, the old version keeps serving: %s", old.name, new.error,
+                          extra={"event": "replace_failed", "model": old.name})
+                return False
+        self.handles[old.name] = new
+        self.reindex()
+        old.retire(successor=new)
+        self._in_background(old.unload("replaced"))
+        return True
+
+    async def _room_for(self, handle: ModelHandle) -> bool:
+        """Residency limits hold for reloads too; without room, the model stays lazy (loads on first use)."""
+        try:
+            await self.make_room(handle)
+        except ModelUnavailable as exc:
+            log.warning("not preloading %s after the reload: %s", handle.name, exc,
+                        extra={"event": "reload_no_room", "model": handle.name})
+            return False
+        return True
+
+    def _in_background(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 def _estimate(spec: ModelSpec) -> int:
     try:
-        return _size_of(Path(hub.fetch(spec, offline=True)))
+        return size_on_disk(Path(hub.fetch(spec, offline=True)))
     except (hub.FetchError, OSError):
         return 0
