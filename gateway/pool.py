@@ -102,8 +102,7 @@ class ModelPool:
         """Synchronous shutdown for servers whose loop has already stopped."""
         for handle in self:
             threads = handle._threads
-            for _ in threads:
-                handle._jobs.put(None)
+            handle.stop_workers()
             _join(threads, timeout)
 
 
