@@ -34,6 +34,7 @@ log = logging.getLogger("nexa.batch")
 
 DEFAULT_CHUNK = 512  # tokens per decode step (generating slots first, then prompt chunks)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+MIN_SHARED = 32  # prompt tokens worth waiting for another slot's prefill to copy (see _worth_waiting)
 _END = object()
 
 
@@ -169,10 +170,7 @@ class BatchEngine:
                     self._wake.wait()
                 if self._closing:
                     break
-                free = sum(1 for s in self.slots if s.request is None)
-                incoming, self._pending = self._pending[:free], self._pending[free:]
-            for request in incoming:
-                self._admit(request)
+            self._admit_waiting()
             self._reap()
             if self._active():
                 try:
@@ -193,11 +191,36 @@ class BatchEngine:
     def _active(self) -> list[Slot]:
         return [s for s in self.slots if s.request is not None]
 
+    def _admit_waiting(self) -> None:
+        """Fill free slots in arrival order, one at a time, so each admission sees the prompts before it."""
+        while any(s.request is None for s in self.slots):
+            with self._wake:
+                request = next((r for r in self._pending if not self._worth_waiting(r)), None)
+                if request is None:
+                    return
+                self._pending.remove(request)
+            self._admit(request)
+
+    def _worth_waiting(self, request: SeqRequest) -> bool:
+        """A prompt sharing a long prefix with one still being evaluated (eight chats arriving together
+        with one system prompt) waits for it and copies its KV, instead of computing the prefix again."""
+        if request.gone():
+            return False
+        prompt = request.prompt
+        have = max(common_prefix(s.tokens, prompt) for s in self.slots)
+        return any(s.request is not None and s.todo and common_prefix(s.request.prompt, prompt) >= have + MIN_SHARED
+                   for s in self.slots)
+
     def _admit(self, request: SeqRequest) -> None:
         import llama_cpp
 
         if request.gone():
             request.out.put(_END)
+            return
+        try:
+            sampler = self._sampler(request)
+        except Exception as exc:  # noqa: BLE001 - e.g. a grammar llama.cpp refuses: this request fails, not the engine
+            request.out.put(BackendError(f"could not set up sampling: {exc}"))
             return
         prompt = request.prompt
         free = [s for s in self.slots if s.request is None]
@@ -219,7 +242,7 @@ class BatchEngine:
         slot.todo = prompt[keep:]
         slot.last, slot.generated = None, 0
         slot.request, slot.used = request, time.monotonic()
-        slot.sampler = self._sampler(request)
+        slot.sampler = sampler
         self.stats.running += 1
         self.stats.requests += 1
         self.stats.prompt_tokens += len(prompt)

@@ -17,7 +17,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import metric, wait_for, write_manifest
+from tests.conftest import metric, models, wait_for, write_manifest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -92,6 +92,25 @@ def test_the_batched_engine_matches_the_single_one_at_temperature_0(engines):
     assert stats.batch_sum > stats.steps  # some steps decoded several sequences in one llama_decode
 
 
+def test_chats_arriving_together_compute_their_shared_system_prompt_once(engines):
+    from backends.base import SamplingParams
+
+    solo, batched = engines
+    system = {"role": "system", "content": "You are a patient teacher. Answer in two short sentences. " * 5}
+    chats = [[system, {"role": "user", "content": q}] for q in ("Why is the sky blue?", "What is rain?",
+                                                                 "Why do cats purr?", "What is a star?")]
+    prefix = len(batched._chat_tokens([system]))  # the system turn alone, as the template renders it
+
+    def answer(backend, messages):
+        return "".join(d.text for d in backend.chat(messages, SamplingParams(temperature=0, max_tokens=12),
+                                                    lambda: False))
+
+    before = batched.batch_stats().reused_tokens
+    together = run_together([lambda m=m: answer(batched, m) for m in chats])
+    assert batched.batch_stats().reused_tokens - before >= 3 * (prefix - 8)  # three of four copied it
+    assert together == [answer(solo, m) for m in chats]  # copied KV answers like computed KV
+
+
 def test_a_request_that_leaves_frees_its_slot_at_once(engines):
     from backends.base import SamplingParams
 
@@ -135,6 +154,7 @@ def server(tmp_path_factory, smollm2_path):
         {"name": "solo", **MODEL},
         {"name": "batched", "parallel": 4, **MODEL},
         {"name": "pair", "parallel": 2, "max_queue": 1, **MODEL},
+        {"name": "twins", "parallel": 2, "replicas": 2, **MODEL},
     ])
     srv = Server(["-c", str(manifest)], tmp)
     yield srv
@@ -172,6 +192,17 @@ def test_n_streams_run_together_and_match_the_solo_model(client, server):
     steps = metric(server.url, "nexa_batch_size_count", model="batched")
     single = metric(server.url, "nexa_batch_size_bucket", model="batched", le="1.0")
     assert steps > single  # some llama_decode steps carried several sequences
+
+
+def test_each_replica_is_a_batched_instance(client, server):
+    card = models(server.url)["twins"]
+    assert (card["replicas"], card["parallel"]) == (2, 2)
+    together = run_together([lambda p=p: _stream(client, "twins", p, max_tokens=16, temperature=0) for p in PROMPTS])
+    assert max(r["first"] for r in together) < min(r["last"] for r in together)
+    assert [r["text"] for r in together] == [_stream(client, "solo", p, max_tokens=16, temperature=0)["text"]
+                                             for p in PROMPTS]
+    assert metric(server.url, "nexa_batch_size_count", model="twins") > metric(
+        server.url, "nexa_batch_size_bucket", model="twins", le="1.0")
 
 
 def test_stops_seeds_and_logprobs_stay_per_slot(client):
