@@ -70,6 +70,33 @@ def gpu_layers(spec: ModelSpec) -> int:
     return -1
 
 
+def llama_kwargs(spec: ModelSpec, path: Path) -> dict[str, Any]:
+    """`llama_cpp.Llama` arguments from the manifest: context, offload, threads, then `options` verbatim."""
+    options = dict(spec.options)
+    options.pop("chat_template", None)
+    kwargs: dict[str, Any] = {
+        "model_path": str(path),
+        "n_ctx": spec.nctx,
+        "n_gpu_layers": gpu_layers(spec),
+        "verbose": bool(options.pop("verbose", False)),
+    }
+    if spec.n_threads:  # prompt processing too, unless options.n_threads_batch says otherwise
+        kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
+    kwargs.update(options)
+    return kwargs
+
+
+def token_logprob(llm: Any, logits: Any, token: int, top: int) -> TokenLogprob:
+    """The model's own distribution at one step (before grammar or penalties), as log-probabilities.
+    `logits` points at that step's row of n_vocab floats."""
+    values = np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).astype(np.float64)
+    logprobs = values - (values.max() + np.log(np.exp(values - values.max()).sum()))
+    best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
+    best = best[np.argsort(-logprobs[best])]
+    piece = lambda i: llm.detokenize([int(i)]).decode("utf-8", errors="replace")  # noqa: E731
+    return TokenLogprob(piece(token), float(logprobs[token]), [(piece(i), float(logprobs[i])) for i in best])
+
+
 class LlamaBackend(Backend):
     capabilities = frozenset({"complete", "chat"})
 
@@ -82,19 +109,12 @@ class LlamaBackend(Backend):
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
         if importlib.util.find_spec("llama_cpp") is None:
             raise LoadError("llama-cpp-python is not installed")
+        if spec.parallel > 1:  # one model, one context of `parallel` sequences: backends/llama_batch.py
+            from backends.llama_batch import BatchedLlamaBackend
+
+            return BatchedLlamaBackend.load_batched(spec, gguf_file(path))
         path = gguf_file(path)
-        options = dict(spec.options)
-        options.pop("chat_template", None)
-        kwargs: dict[str, Any] = {
-            "model_path": str(path),
-            "n_ctx": spec.nctx,
-            "n_gpu_layers": gpu_layers(spec),
-            "verbose": bool(options.pop("verbose", False)),
-        }
-        if spec.n_threads:  # prompt processing too, unless options.n_threads_batch says otherwise
-            kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
-        kwargs.update(options)
-        return cls(spec, path, open_llama(path, kwargs))
+        return cls(spec, path, open_llama(path, llama_kwargs(spec, path)))
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
@@ -199,36 +219,16 @@ class LlamaBackend(Backend):
             yield delta
 
 
-    def _logprob(self, token: int, top: int) -> "TokenLogprob":
-        """The model's own distribution at this step (before grammar or penalties), as log-probabilities."""
-        llm = self.llm
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
-        logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
-        best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
-        best = best[np.argsort(-logprobs[best])]
-        piece = lambda i: llm.detokenize([int(i)]).decode("utf-8", errors="replace")  # noqa: E731
-        return TokenLogprob(piece(token), float(logprobs[token]), [(piece(i), float(logprobs[i])) for i in best])
+    def context_size(self) -> int:
+        """Tokens one request may hold (prompt + completion)."""
+        return self.llm.n_ctx()
 
-    def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
-        import llama_cpp
-
+    def sample_tokens(self, prompt_tokens: list[int], params: SamplingParams, grammar: Any, budget: int,
+                      cancelled: Cancelled) -> Iterator[tuple[int, TokenLogprob | None]]:
+        """The engine's side of `generate`: sampled tokens, each with its logprob when asked for.
+        The batched engine (backends/llama_batch.py) overrides only this."""
         llm = self.llm
-        n_ctx = llm.n_ctx()
-        if len(prompt_tokens) >= n_ctx:
-            raise BackendError(
-                f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's context of {n_ctx} tokens"
-            )
-        budget = min(params.max_tokens, n_ctx - len(prompt_tokens))
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
-        grammar = None
-        if params.grammar:
-            grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
-        scanner = StopScanner(params.stop)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = llm._model.vocab
-        completion: list[int] = []
-        finish = "length"
-        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
         tokens = llm.generate(
             prompt_tokens,
             top_k=params.top_k,
@@ -242,6 +242,33 @@ class LlamaBackend(Backend):
         )
         try:
             for token in tokens:
+                top = params.logprobs
+                yield token, (token_logprob(llm, llm._ctx.get_logits(), token, top) if top is not None else None)
+        finally:
+            tokens.close()
+
+    def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
+        import llama_cpp
+
+        llm = self.llm
+        n_ctx = self.context_size()
+        if len(prompt_tokens) >= n_ctx:
+            raise BackendError(
+                f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's context of {n_ctx} tokens"
+            )
+        budget = min(params.max_tokens, n_ctx - len(prompt_tokens))
+        grammar = None
+        if params.grammar:
+            grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
+        scanner = StopScanner(params.stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = llm._model.vocab
+        completion: list[int] = []
+        finish = "length"
+        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
+        tokens = self.sample_tokens(prompt_tokens, params, grammar, budget, cancelled)
+        try:
+            for token, logprob in tokens:
                 if cancelled():
                     finish = "cancelled"
                     break
@@ -249,8 +276,8 @@ class LlamaBackend(Backend):
                     finish = "stop"
                     break
                 completion.append(token)
-                if params.logprobs is not None:
-                    pending.append(self._logprob(token, params.logprobs))
+                if logprob is not None:
+                    pending.append(logprob)
                 piece = scanner.feed(decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1])))
                 if piece:
                     yield Delta(text=piece, logprobs=pending or None)
@@ -261,6 +288,9 @@ class LlamaBackend(Backend):
                 if len(completion) >= budget:
                     finish = "length"
                     break
+            else:  # the engine ended the stream on its own: the client left, or the model is unloading
+                if cancelled():
+                    finish = "cancelled"
         finally:
             tokens.close()
         rest = scanner.rest(decoder.decode(b"", final=True))

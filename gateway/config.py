@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from backends.base import REGISTRY
 from backends.options import OPTIONS
 from gateway.hub import parse_source
-from schemas.manifest import Manifest, ModelFormat, ServerSettings
+from schemas.manifest import Manifest, ModelFormat, ModelType, ServerSettings
 
+BATCHED = (ModelType.NLP, ModelFormat.gguf)  # the (type, format) that `parallel: N` batches (backends/llama_batch.py)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -200,6 +201,12 @@ def _semantic_problems(manifest: Manifest) -> list[str]:
                 f"models[{index}].format: no backend serves type {spec.type.value} in format {spec.format.value} "
                 f"(served: {served})"
             )
+        if spec.parallel > 1 and spec.backend is None and (spec.type, spec.format) != BATCHED:
+            why = (" (its images are evaluated by llama-cpp-python's chat handler into a single-sequence "
+                   "context)" if spec.type == ModelType.MULTIMODAL else "")
+            problems.append(f"models[{index}].parallel: continuous batching serves NLP gguf models only; "
+                            f"{spec.type.value}/{spec.format.value} cannot run requests in parallel{why}. "
+                            "Use `replicas` for more instances")
         try:
             source = parse_source(spec.source)
         except ValueError as exc:

@@ -87,6 +87,7 @@ class ModelHandle:
         self._avg_seconds = 1.0
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._count = threading.Lock()
         self._loaded: asyncio.Future | None = None
         self._unloaded: asyncio.Event = asyncio.Event()
         self._unloading: asyncio.Task | None = None
@@ -155,8 +156,7 @@ class ModelHandle:
             self.failed_at = time.monotonic()
             log.error("model %s failed to load: %s", self.name, self.error,
                       extra={"event": "model_failed", "model": self.name})
-            for _ in self._threads:
-                self._jobs.put(None)  # the healthy replicas close their engines
+            self.stop_workers()  # the healthy replicas close their engines
             metrics.LOADS.labels(self.name, "failed").inc()
         else:
             self.state = ModelState.ready
@@ -183,6 +183,19 @@ class ModelHandle:
             reported(exc)
         else:
             reported(None)
+        # A batched instance (`parallel: N`) runs N jobs at once: N threads hand their requests to the
+        # engine, whose own scheduler decides what runs in each step. One stop sentinel per thread.
+        lanes = [threading.Thread(target=self._serve, args=(backend, jobs), daemon=True,
+                                  name=f"{threading.current_thread().name}-lane{i}")
+                 for i in range(1, self.spec.parallel)] if backend is not None else []
+        for lane in lanes:
+            lane.start()
+        self._serve(backend, jobs)
+        join_threads(lanes)
+        if backend is not None:
+            backend.close()
+
+    def _serve(self, backend: Backend | None, jobs: queue.Queue) -> None:
         while True:
             job = jobs.get()
             if job is None:
@@ -191,8 +204,16 @@ class ModelHandle:
                 fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
                 continue
             self._execute(backend, job)
-        if backend is not None:
-            backend.close()
+
+    @property
+    def slots(self) -> int:
+        """Requests this model runs at once: replicas × parallel sequences each."""
+        return self.spec.replicas * self.spec.parallel
+
+    def stop_workers(self) -> None:
+        """One stop sentinel per job thread (surplus ones are dropped with the queue at the next load)."""
+        for _ in range(self.slots):
+            self._jobs.put(None)
 
     async def ready(self) -> None:
         if self.state == ModelState.ready or self.retired:
@@ -234,8 +255,7 @@ class ModelHandle:
         while self.submitted:
             await asyncio.sleep(0.02)
         threads, self._loaded = self._threads, None
-        for _ in threads:
-            self._jobs.put(None)
+        self.stop_workers()
         await asyncio.to_thread(join_threads, threads)
         self.backends = []
         if self.state == ModelState.unloading:
@@ -254,8 +274,7 @@ class ModelHandle:
         """Synchronous stop for servers whose event loop has already ended: each replica
         thread closes its engine after the job it is running."""
         threads = self._threads
-        for _ in threads:
-            self._jobs.put(None)
+        self.stop_workers()
         join_threads(threads, timeout)
 
     def retry(self) -> None:
@@ -266,9 +285,9 @@ class ModelHandle:
     # -- running --------------------------------------------------------------------
 
     def _admit(self) -> None:
-        limit = self.spec.max_queue + self.spec.replicas
+        limit = self.spec.max_queue + self.slots
         if self.admitted >= limit:
-            wait = self._avg_seconds * (self.queue_depth() + 1) / self.spec.replicas
+            wait = self._avg_seconds * (self.queue_depth() + 1) / self.slots
             if self.state == ModelState.loading:
                 raise ModelUnavailable(f"model {self.name!r} is loading and its queue is full", retry_after=wait)
             raise ModelUnavailable(f"model {self.name!r} is busy: {self.admitted} requests are queued or running "
@@ -288,7 +307,8 @@ class ModelHandle:
                 f"model {self.name!r}: the request waited longer than {self.spec.queue_timeout_s:g}s in the queue",
                 retry_after=self._avg_seconds, code="queue_timeout"))
             return
-        self.running += 1
+        with self._count:  # several job threads per replica when `parallel` > 1
+            self.running += 1
         try:
             if job.future is not None:
                 if not job.future.cancelled():
@@ -296,7 +316,8 @@ class ModelHandle:
                 return
             pump(job.channel, job.work, backend)
         finally:
-            self.running -= 1
+            with self._count:
+                self.running -= 1
 
     def _submit(self, job: Job) -> None:
         if not any(t.is_alive() for t in self._threads):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 if TYPE_CHECKING:
     from gateway.pool import ModelPool
@@ -44,6 +44,44 @@ class PoolCollector:
             loaded.add_metric([handle.name, handle.state.value], 1 if handle.state.value == "ready" else 0)
         count.add_metric([], len(self.pool.loaded()))
         yield from (queue, running, loaded, count)
+        yield from batch_metrics(self.pool)
+
+
+def batch_metrics(pool) -> Iterator:
+    """Continuous batching (`parallel: N`): sequences running, sequences per decode step, prefix reuse.
+    Summed over a model's replicas; only models whose engines keep `batch_stats()`."""
+    running = GaugeMetricFamily("nexa_batch_running_sequences", "Sequences in a batched engine's slots",
+                                labels=["model"])
+    sizes = HistogramMetricFamily("nexa_batch_size", "Sequences decoded together in one llama_decode step",
+                                  labels=["model"])
+    prompt = CounterMetricFamily("nexa_prefix_cache_prompt_tokens", "Prompt tokens of batched requests",
+                                 labels=["model"])
+    reused = CounterMetricFamily("nexa_prefix_cache_reused_tokens",
+                                 "Prompt tokens whose KV a slot already held (prefix reuse): not evaluated again",
+                                 labels=["model"])
+    hits = CounterMetricFamily("nexa_prefix_cache_requests", "Batched requests by prefix reuse outcome",
+                               labels=["model", "outcome"])
+    ratio = GaugeMetricFamily("nexa_prefix_cache_hit_ratio", "Reused prompt tokens / prompt tokens", labels=["model"])
+    for handle in pool:
+        stats = [b.batch_stats() for b in list(handle.backends) if hasattr(b, "batch_stats")]
+        if not stats:
+            continue
+        name = handle.name
+        running.add_metric([name], sum(s.running for s in stats))
+        buckets, total = [], 0
+        for bound in stats[0].batch_counts:
+            total += sum(s.batch_counts[bound] for s in stats)
+            buckets.append((str(float(bound)), total))
+        buckets.append(("+Inf", total))
+        sizes.add_metric([name], buckets, sum(s.batch_sum for s in stats))
+        n_prompt, n_reused = sum(s.prompt_tokens for s in stats), sum(s.reused_tokens for s in stats)
+        n_requests, n_hits = sum(s.requests for s in stats), sum(s.prefix_hits for s in stats)
+        prompt.add_metric([name], n_prompt)
+        reused.add_metric([name], n_reused)
+        hits.add_metric([name, "hit"], n_hits)
+        hits.add_metric([name, "miss"], n_requests - n_hits)
+        ratio.add_metric([name], n_reused / n_prompt if n_prompt else 0.0)
+    yield from (running, sizes, prompt, reused, hits, ratio)
 
 
 _pool_collector: PoolCollector | None = None

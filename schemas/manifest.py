@@ -153,6 +153,8 @@ class ModelSpec(BaseModel):
     pinned: bool = Field(False, description="never evicted to make room for another model")
     ttl_s: float | None = Field(None, gt=0, description="unload after this many idle seconds")
     replicas: int = Field(1, ge=1, le=64, description="engine instances; each has its own thread")
+    parallel: int = Field(1, ge=1, le=64, description="GGUF text models: requests decoded together in one "
+                                                      "context (continuous batching); nctx is per request")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the running ones; more get a 429")
     queue_timeout_s: float = Field(120.0, gt=0)
     timeout_s: float | None = Field(None, gt=0, description="longest a request may generate")

@@ -190,6 +190,7 @@ class ModelCard(BaseModel):
     capabilities: list[str]
     error: str | None = None
     replicas: int = 1
+    parallel: int = 1  # requests each replica decodes together (continuous batching)
     queue_depth: int = 0
     running: int = 0
     load_seconds: float | None = None

@@ -241,3 +241,37 @@ def test_client_habits_null_fields_top_p_zero_head_and_slashed_names():
     assert greedy[0] == 200
     assert card[0] == 200 and card[2]["id"] == "org/model-a"
     assert head.status == 200 and head.body == b""
+
+
+def test_a_parallel_model_runs_that_many_jobs_at_once_on_one_instance_and_queues_the_rest():
+    """`parallel: 3`: three job threads share one engine instance; the fourth request waits,
+    the fifth is over max_queue (1) and gets a 429."""
+    async def main():
+        pool = ModelPool(manifest({"name": "a", "parallel": 3, "max_queue": 1, "options": {"delay": 0.05}}).models,
+                         asyncio.get_running_loop())
+        handle = pool.get("a")
+        await handle.ready()
+        assert len(handle.backends) == 1
+        params = base.SamplingParams(max_tokens=8)
+
+        async def one(i):
+            return [d async for d in handle.stream(lambda b, c: b.complete(i, params, c))]
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(4)]
+        while handle.running < 3 or handle.queue_depth() < 1:
+            await asyncio.sleep(0.005)
+        assert handle.running == 3
+        with pytest.raises(ModelUnavailable) as over:
+            await one(99)
+        results = await asyncio.gather(*tasks)
+        await handle.unload()
+        return over.value, results
+
+    over, results = run(main())
+    assert over.status == 429
+    assert all(r[-1].usage.completion_tokens == 8 for r in results)
+    starts = [i for what, i in fakes.EVENTS if what == "start"]
+    ends = [i for what, i in fakes.EVENTS if what == "end"]
+    assert set(starts[:3]) == {0, 1, 2} and starts.index(3) == 3
+    assert fakes.EVENTS.index(("start", 2)) < fakes.EVENTS.index(("end", 0))  # the first three overlapped
+    assert len(ends) == 4

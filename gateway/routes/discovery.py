@@ -17,7 +17,8 @@ def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
     return ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
                      state=handle.state.value, aliases=list(handle.spec.aliases),
                      capabilities=sorted(handle.capabilities), error=handle.error, replicas=handle.spec.replicas,
-                     queue_depth=handle.queue_depth(), running=handle.running, load_seconds=handle.load_seconds)
+                     parallel=handle.spec.parallel, queue_depth=handle.queue_depth(), running=handle.running,
+                     load_seconds=handle.load_seconds)
 
 
 async def list_models(gw: "Gateway", request: Request) -> Response:
