@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
+from gateway.redact import scrub
+
 
 class HTTPError(Exception):
     """An error answered in the OpenAI envelope."""
@@ -41,7 +43,8 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
     def envelope(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        # Every error answer passes here: a URL in a message (an upstream's) never shows its credentials.
+        return {"error": {"message": scrub(self.message), "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> "Response":
         return json_response(self.envelope(), self.status, self.headers)
