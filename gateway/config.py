@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from backends.base import REGISTRY
 from backends.options import OPTIONS
 from gateway.hub import parse_source
+from gateway.redact import scrub
 from schemas.manifest import Manifest, ModelFormat, ModelType, ServerSettings
 
 BATCHED = (ModelType.NLP, ModelFormat.gguf)  # the (type, format) that `parallel: N` batches (backends/llama_batch.py)
@@ -35,7 +36,7 @@ class ManifestError(Exception):
 
     def report(self) -> str:
         """What the CLI prints: the origin, then one `key.path: reason` line per problem."""
-        return f"nexa: invalid {self.origin}:\n" + "".join(f"  {p}\n" for p in self.problems)
+        return scrub(f"nexa: invalid {self.origin}:\n" + "".join(f"  {p}\n" for p in self.problems))
 
 
 def substitute(value: Any, environ: dict[str, str] | None = None, path: tuple[Any, ...] = ()) -> Any:

@@ -20,15 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from backends.base import REGISTRY
 from backends.options import OPTIONS
 from gateway.config import ManifestError, build, load_file, parse_text
 from gateway.plan import Plan, diff
+from gateway.redact import REDACTED, redact_url, scrub
 from schemas.manifest import Manifest, ModelFormat, ServerSettings
 
-REDACTED = "<redacted>"
 API_KEY_ENV = "NEXA_API_KEY"  # the key `nexa plan` sends to a gateway (not a server setting)
 
 
@@ -88,7 +87,7 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def redact(data: dict[str, Any]) -> dict[str, Any]:
-    """A dumped manifest without secrets: API key values, upstream keys and headers, URL passwords."""
+    """A dumped manifest without secrets: API key values, upstream keys and headers, URLs' credentials."""
     data = copy.deepcopy(data)
     server = data.get("server") or {}
     server["api_keys"] = [{**key, "key": REDACTED} if isinstance(key, dict) else REDACTED
@@ -101,16 +100,8 @@ def redact(data: dict[str, Any]) -> dict[str, Any]:
             model["options"]["headers"] = {name: REDACTED for name in headers}
         for field in ("base_url", "source"):
             if isinstance(model.get(field), str):
-                model[field] = _without_password(model[field])
+                model[field] = redact_url(model[field])
     return data
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.scheme.startswith("http") or parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}"))
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> list[str]:
@@ -131,7 +122,7 @@ def plan(args: argparse.Namespace) -> int:
         sys.stderr.write(exc.report())
         return 2
     except SourceError as exc:
-        sys.stderr.write(f"nexa: {exc}\n")
+        sys.stderr.write(scrub(f"nexa: {exc}\n"))
         return 1
     if label.startswith("http"):
         # The gateway hides its secrets; hide ours the same way so only real changes show.
@@ -140,9 +131,9 @@ def plan(args: argparse.Namespace) -> int:
     skipped = [name for name in result.server_changes if name in ignored]
     result.server_changes = [name for name in result.server_changes if name not in ignored]
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(as_json(result, old, new, skipped), indent=2) + "\n")
-    else:
-        sys.stdout.write(render(result, old, new, f"{args.config} against {label}", skipped))
+        sys.stdout.write(scrub(json.dumps(as_json(result, old, new, skipped), indent=2) + "\n"))
+    else:  # the --against URL may carry credentials too
+        sys.stdout.write(scrub(render(result, old, new, f"{args.config} against {label}", skipped)))
     return 0
 
 

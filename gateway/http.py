@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
+
+from gateway.redact import scrub
 
 
 class HTTPError(Exception):
@@ -40,7 +44,8 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
     def envelope(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        # Every error answer passes here: a URL in a message (an upstream's) never shows its credentials.
+        return {"error": {"message": scrub(self.message), "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> "Response":
         return json_response(self.envelope(), self.status, self.headers)
@@ -69,15 +74,77 @@ class Request:
         if not self.body.strip():
             raise HTTPError(400, "The request body is empty; send a JSON object.", code="invalid_json")
         try:
-            return json.loads(self.body)
+            data = json.loads(self.body, parse_constant=_not_json)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:
+            raise HTTPError(400, f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.",
+                            code="invalid_json") from None
+        except ValueError as exc:
+            if "digits" in str(exc):  # an integer literal over Python's 4300-digit limit
+                exc = ValueError(f"an integer literal is longer than {sys.get_int_max_str_digits()} digits")
+            raise HTTPError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        check_json(data)
+        return data
 
     def json_object(self) -> dict[str, Any]:
         data = self.json()
         if not isinstance(data, dict):
             raise HTTPError(400, "The request body must be a JSON object.", code="invalid_json")
         return data
+
+
+# Deeper JSON is refused before any handler sees it: request schemas (tools' `parameters`,
+# `json_schema`) are walked recursively by pydantic, the grammar builder and the engines.
+MAX_JSON_DEPTH = 64
+
+
+def check_json(data: Any) -> None:
+    """Refuse, with a 400 naming the field, what no engine should see: JSON nested deeper than
+    MAX_JSON_DEPTH, and strings (or keys) holding lone UTF-16 surrogates (`"\\ud800"` is valid
+    JSON, but not Unicode text: tokenizers crash on it). Iterative, so depth costs no stack."""
+    queue: deque[tuple[Any, str, int]] = deque([(data, "", 1)])  # breadth first: fields in document order
+    while queue:
+        value, path, depth = queue.popleft()
+        path = path if len(path) <= 200 else path[:197] + "..."
+        if isinstance(value, str):
+            if not value.isascii() and not _encodable(value):
+                raise HTTPError(400, f"Invalid value for '{path or 'body'}': the text holds a lone UTF-16 "
+                                     "surrogate (an unpaired \\ud800-\\udfff escape), which is not valid Unicode.",
+                                param=path or None, code="invalid_value")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPError(400, f"Invalid value for '{path}': JSON nested deeper than {MAX_JSON_DEPTH} levels.",
+                            param=path or None, code="invalid_value")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{_shown(key)}" if path else _shown(key)
+                if not key.isascii() and not _encodable(key):
+                    queue.append((key, child, depth + 1))
+                queue.append((item, child, depth + 1))
+        else:
+            queue.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+
+
+def _not_json(name: str) -> Any:
+    """Python's json module reads NaN and Infinity, which JSON does not have (nor do engines want them)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _shown(key: str) -> str:
+    """A key as it may appear in an error's param: printable, encodable, short."""
+    key = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return key if len(key) <= 64 else key[:61] + "..."
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass

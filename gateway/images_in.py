@@ -6,6 +6,11 @@ fetched only from hosts the manifest allows (`server.image_url_hosts`), with
 a size cap (`image_fetch_max_bytes`) and a time cap (`image_fetch_timeout_s`),
 on the event loop with httpx's async client so no thread is held while waiting.
 Redirects are followed by hand, each hop checked against the allowlist.
+
+One parser decides: a URL is parsed once into an `httpx.URL`, the allowlist
+checks that object's host, and the client fetches that same object. URLs that
+parsers read differently (whitespace or control characters, e.g. a tab before
+`@`) and URLs with userinfo are refused before anything is checked.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import asyncio
 import logging
 import time
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -28,17 +32,32 @@ IMAGE_PARTS = ("image_url", "input_image", "image")
 MAX_REDIRECTS = 3
 
 
-def host_allowed(url: str, allowed: list[str]) -> bool:
+def parse_url(text: str) -> httpx.URL:
+    """The one parse of an image URL. Raises ValueError (with the reason) for what must not be
+    fetched: whitespace or control characters, userinfo, a scheme other than http(s), no host."""
+    if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text):
+        raise ValueError("the image URL holds whitespace or control characters")
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ValueError(f"the image URL cannot be parsed ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("the image URL must be http(s)://host/...")
+    if url.userinfo:
+        raise ValueError("the image URL must not carry credentials (user@host)")
+    return url
+
+
+def host_allowed(url: str | httpx.URL, allowed: list[str]) -> bool:
     """`example.com` matches that host on any port, `*.example.com` its subdomains,
     `example.com:8443` that port only. Matching is case-insensitive; IPv6 hosts go in brackets."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if not host or parts.scheme.lower() not in ("http", "https"):
-        return False
-    try:
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError:
-        return False
+    if not isinstance(url, httpx.URL):
+        try:
+            url = parse_url(url)
+        except ValueError:
+            return False
+    host = url.host.lower()
+    port = url.port or (443 if url.scheme == "https" else 80)
     shown = f"[{host}]" if ":" in host else host
     for entry in allowed:
         name, entry_port = _split_entry(entry.strip().lower())
@@ -84,16 +103,21 @@ async def fetch_image(url: str, settings: ServerSettings, *, param: str,
             await client.aclose()
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, settings: ServerSettings, param: str) -> bytes:
+async def _fetch(client: httpx.AsyncClient, text: str, settings: ServerSettings, param: str) -> bytes:
     limit, started = settings.image_fetch_max_bytes, time.monotonic()
+    url = _parsed(text, param)
     for _ in range(MAX_REDIRECTS + 1):
         if not host_allowed(url, settings.image_url_hosts):
-            raise HTTPError(400, f"Image URL host {urlsplit(url).hostname!r} is not allowed; this gateway fetches "
+            raise HTTPError(400, f"Image URL host {url.host!r} is not allowed; this gateway fetches "
                                  "images only from the hosts in server.image_url_hosts. Send the image as a "
                                  "data: URL or base64 instead.", param=param, code="image_url_not_allowed")
         async with client.stream("GET", url, headers={"accept": "image/*"}) as response:
             if response.is_redirect and "location" in response.headers:
-                url = urljoin(url, response.headers["location"])
+                try:
+                    url = _parsed(str(url.join(response.headers["location"])), param)
+                except httpx.InvalidURL as exc:
+                    raise HTTPError(400, f"Fetching the image failed: a bad redirect ({exc}).", param=param,
+                                    code="image_fetch_failed") from None
                 continue
             if response.status_code != 200:
                 raise HTTPError(400, f"Fetching the image failed: {url} answered {response.status_code}.",
@@ -106,11 +130,18 @@ async def _fetch(client: httpx.AsyncClient, url: str, settings: ServerSettings, 
                 data += piece
                 if len(data) > limit:
                     raise _too_large(limit, param)
-            log.info("fetched image from %s: %d bytes in %.0f ms", urlsplit(url).hostname, len(data),
+            log.info("fetched image from %s: %d bytes in %.0f ms", url.host, len(data),
                      (time.monotonic() - started) * 1000, extra={"event": "image_fetched", "bytes": len(data)})
             return bytes(data)
     raise HTTPError(400, f"Fetching the image failed: more than {MAX_REDIRECTS} redirects.", param=param,
                     code="image_fetch_failed")
+
+
+def _parsed(text: str, param: str) -> httpx.URL:
+    try:
+        return parse_url(text)
+    except ValueError as exc:
+        raise HTTPError(400, f"Invalid image URL: {exc}.", param=param, code="invalid_image_url") from None
 
 
 def _too_large(limit: int, param: str) -> HTTPError:

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from gateway.redact import scrub, scrub_all
+
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -22,7 +24,14 @@ class JSONFormatter(logging.Formatter):
         data.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return json.dumps(scrub_all(data), default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal, with URLs' credentials hidden as in JSON lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def use_json(fmt: str) -> bool:
@@ -31,7 +40,7 @@ def use_json(fmt: str) -> bool:
 
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if use_json(fmt) else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JSONFormatter() if use_json(fmt) else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("nexa")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,9 +7,11 @@ fields are ignored, as OpenAI's own server does, so newer SDKs keep working.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+import json
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import PlainSerializer, model_validator
 from pydantic_core import PydanticUseDefault
 
 
@@ -23,6 +25,122 @@ class _Lenient(BaseModel):
         if value is None:
             raise PydanticUseDefault()
         return value
+
+
+class _Open(_Lenient):
+    """A nested object that is checked, then handed on as the client's own dict (see `as_dict`):
+    fields this gateway does not know stay in it, for templates and remote upstreams."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+def as_dict(value: BaseModel) -> dict[str, Any]:
+    return value.model_dump(by_alias=True, exclude_unset=True)
+
+
+def checked(model: type[BaseModel]) -> Any:
+    """`model`'s validation (and JSON Schema), but the value stays a plain dict: the code after
+    the schema boundary (tool prompts, grammars, remote upstreams) reads dicts."""
+    return Annotated[model, AfterValidator(as_dict), PlainSerializer(lambda value: value, return_type=dict[str, Any])]
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a value, as the tag of a union (`by_json_type`)."""
+    return {str: "<string>", dict: "<object>", list: "<array>"}.get(type(value), "<other>")
+
+
+def by_json_type(what: str, **branches: Any) -> Any:
+    """A union picked by the JSON type of the value, so a bad value gets the errors of the one
+    branch it meant (`tool_choice.function: Input should be an object`), not of every branch.
+    The tags are `<string>`, `<object>`, `<array>`; error paths leave them out (routes/common.py)."""
+    members = tuple(Annotated[branch, Tag(f"<{kind}>")] for kind, branch in branches.items())
+    return Annotated[Union[members], Discriminator(json_type, custom_error_type="invalid_type",
+                                                   custom_error_message=f"Input should be {what}")]
+
+
+class FunctionDefinition(_Open):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON Schema object")
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _definitions_are_objects(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in ("$defs", "definitions", "properties"):
+            if value is not None and key in value and not isinstance(value[key], dict):
+                raise ValueError(f"{key} must be an object")
+        return value
+
+
+class ToolDefinition(_Open):
+    type: str = "function"
+    function: FunctionDefinition | None = None
+
+    @model_validator(mode="after")
+    def _function_tools_name_one(self) -> "ToolDefinition":
+        if self.type == "function" and self.function is None:
+            raise ValueError('a function tool needs "function": {"name": ..., "parameters": {...}}')
+        return self
+
+
+class FunctionName(_Open):
+    name: str
+
+
+class NamedToolChoice(_Open):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _arguments_as_json_text(cls, value: Any) -> Any:
+        # OpenAI sends a JSON string; some clients echo the parsed object back.
+        return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
+
+
+class ToolCall(_Open):
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class JSONSchemaFormat(_Open):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="a JSON Schema object")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError('type "json_schema" needs "json_schema": {"name": ..., "schema": {...}}')
+        return self
+
+
+class ImageURL(_Open):
+    url: str
+    detail: str | None = None
+
+
+ToolParam = checked(ToolDefinition)
+FunctionParam = checked(FunctionDefinition)
+ToolCallParam = checked(ToolCall)
+ToolChoice = by_json_type('"none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+                          string=Literal["none", "auto", "required"],
+                          object=checked(NamedToolChoice))
+LegacyFunctionCall = by_json_type('"none", "auto" or {"name": ...}', string=Literal["none", "auto"],
+                                  object=checked(FunctionName))
 
 
 class StreamOptions(_Lenient):
@@ -83,24 +201,25 @@ class CompletionRequest(SamplingFields):
 class ContentPart(_Lenient):
     type: str
     text: str | None = None
-    image_url: Any = None
+    image_url: by_json_type("a URL string or {\"url\": ...}", string=str,
+                            object=checked(ImageURL)) | None = None
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: Union[str, list[ContentPart], None] = None
+    content: by_json_type("a string or a list of content parts", string=str, array=list[ContentPart]) | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallParam] | None = None
     tool_call_id: str | None = None
 
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Union[str, dict[str, Any], None] = None
-    functions: list[dict[str, Any]] | None = Field(None, description="deprecated OpenAI form of `tools`")
-    function_call: Union[str, dict[str, Any], None] = None
+    response_format: checked(ResponseFormat) | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoice | None = None
+    functions: list[FunctionParam] | None = Field(None, description="deprecated OpenAI form of `tools`")
+    function_call: LegacyFunctionCall | None = None
     parallel_tool_calls: bool | None = None
     logprobs: bool = False
 

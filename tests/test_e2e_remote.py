@@ -61,6 +61,7 @@ def front(tmp_path_factory, upstream: Server, closed_port: int) -> Iterator[Serv
         {"name": "wrong-key", "format": "remote", "base_url": base, "api_key": "not-the-key-0000",
          "remote_model": "echo"},
         {"name": "nowhere", "format": "remote", "base_url": f"http://127.0.0.1:{closed_port}/v1"},
+        *({"name": name, "format": "remote", "base_url": url.format(port=closed_port)} for name, url in LEAKY.items()),
     ])
     empty_cache = tmp / "empty-cache"
     server = Server(["-c", str(manifest), "--offline"], tmp,
@@ -68,6 +69,15 @@ def front(tmp_path_factory, upstream: Server, closed_port: int) -> Iterator[Serv
     yield server
     server.stop()
     assert not empty_cache.exists() or not any(empty_cache.rglob("*.gguf"))
+
+
+# Upstreams whose URL carries credentials, on the closed port: every surface must hide them.
+LEAKY = {
+    "leaky-userinfo": "http://leak-user:leak-pass-1@127.0.0.1:{port}/v1",
+    "leaky-token": "http://LEAKTOKEN2@127.0.0.1:{port}/v1",
+    "leaky-query": "http://127.0.0.1:{port}/v1?api_key=leak-query-3&sig=leak-sig-4",
+}
+SECRETS = ("leak-user", "leak-pass-1", "LEAKTOKEN2", "leak-query-3", "leak-sig-4")
 
 
 def client(server: Server, key: str = "unused") -> openai.OpenAI:
@@ -197,6 +207,32 @@ def test_an_unreachable_upstream_is_a_502_in_the_openai_envelope(front: Server, 
         client(front).completions.create(model="nowhere", prompt="p", max_tokens=2)
     assert info.value.status_code == 502
     assert client(front).completions.create(model="echo", prompt="p", max_tokens=1).choices[0].text == " w0"
+
+
+def test_credentials_in_an_upstream_url_never_surface(front: Server, closed_port: int):
+    for name in LEAKY:
+        for stream in (False, True):
+            answer = httpx.post(front.url + "/v1/chat/completions", timeout=60, json={
+                "model": name, "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+            assert answer.status_code == 502, answer.text
+            message = answer.json()["error"]["message"]
+            assert f"127.0.0.1:{closed_port}/v1" in message, message
+            assert not [s for s in SECRETS if s in answer.text], answer.text
+            if name != "leaky-query":
+                assert f"http://<redacted>@127.0.0.1:{closed_port}/v1" in message
+            else:
+                assert "api_key=<redacted>&sig=<redacted>" in message
+    log = front.log()
+    assert "upstream_error" in log and f"127.0.0.1:{closed_port}" in log
+    assert not [s for s in SECRETS if s in log]
+    models = httpx.get(front.url + "/v1/models", timeout=10)
+    assert {"leaky-userinfo", "leaky-token", "leaky-query"} <= {m["id"] for m in models.json()["data"]}
+    manifest = httpx.get(front.url + "/admin/manifest", timeout=10)
+    assert manifest.status_code == 200
+    assert not [s for s in (*SECRETS, UPSTREAM_KEY) if s in models.text + manifest.text]
+    shown = {m["name"]: m["base_url"] for m in manifest.json()["models"]}
+    assert shown["leaky-token"] == f"http://<redacted>@127.0.0.1:{closed_port}/v1" == shown["leaky-userinfo"]
+    assert shown["leaky-query"] == f"http://127.0.0.1:{closed_port}/v1?api_key=<redacted>&sig=<redacted>"
 
 
 def test_an_upstream_that_refuses_our_key_is_a_502_that_says_so(front: Server):

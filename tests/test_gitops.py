@@ -213,12 +213,47 @@ def test_redact_hides_every_secret_and_keeps_the_shape():
     assert out["server"]["api_keys"] == [{"key": "<redacted>", "models": None, "name": "ci"}]
     assert out["models"][0]["api_key"] == "<redacted>" and out["models"][0]["options"]["headers"] == {
         "api-key": "<redacted>"}
-    assert out["models"][0]["base_url"] == "https://u:<redacted>@h/v1" == out["models"][0]["source"]
+    assert out["models"][0]["base_url"] == "https://<redacted>@h/v1" == out["models"][0]["source"]
     assert out["models"][1] == data["models"][1] and data["server"]["api_keys"][0]["key"] == "k" * 10
     assert gitops.env_overrides({"NEXA_PORT": "1", "nexa_api_keys": "[]", "NEXA_API_KEY": "x"}) == ["port", "api_keys"]
 
 
 # -- nexa pull and --offline --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://user:pass-1@h:8/v1", "http://<redacted>@h:8/v1"),
+    ("http://TOKEN-1@h/v1", "http://<redacted>@h/v1"),  # a lone user name is often the token itself
+    ("https://h/v1?api_key=s1&api-version=2024", "https://h/v1?api_key=<redacted>&api-version=2024"),
+    ("https://h/v1?token=s1&sig=s2&access_token=s3&key=s4&X-Amz-Signature=s5",
+     "https://h/v1?token=<redacted>&sig=<redacted>&access_token=<redacted>&key=<redacted>"
+     "&X-Amz-Signature=<redacted>"),
+    ("http://h/v1", "http://h/v1"),
+    ("http://u:p@ss@h/v1?auth=x#f", "http://<redacted>@h/v1?auth=<redacted>#f"),
+])
+def test_redact_url_hides_userinfo_and_secret_query_values(url, shown):
+    from gateway.redact import redact_url, scrub
+
+    assert redact_url(url) == shown
+    text = f"cannot reach upstream {url}: ConnectError ('{url}')."
+    assert scrub(text) == f"cannot reach upstream {shown}: ConnectError ('{shown}')."
+    assert scrub(scrub(text)) == scrub(text)
+
+
+def test_plan_output_and_manifest_errors_hide_url_credentials(tmp_path, start_server, capsys):
+    server = start_server(["-c", str(write_manifest(tmp_path / "old.yaml", [fake("a", preload=True)]))])
+    new = write_manifest(tmp_path / "new.yaml", [fake("a", preload=True), fake("b")], server={"port": server.port})
+    leaky = server.url.replace("http://", "http://plan-user:plan-secret@")
+    assert gitops.plan(parse("plan", "-c", str(new), "--against", leaky)) == 0
+    out = capsys.readouterr().out
+    assert "+ add        b" in out and "<redacted>@127.0.0.1" in out
+    assert "plan-user" not in out and "plan-secret" not in out
+    # A manifest error quotes the value it rejects: without its credentials.
+    bad = write_manifest(tmp_path / "bad.yaml", [{"name": "r", "format": "remote", "source": "http://u:src-secret@h/v1",
+                                                  "base_url": "http://u:other-secret@h/v1"}])
+    assert gitops.plan(parse("plan", "-c", str(bad), "--against", str(new))) == 2
+    err = capsys.readouterr().err
+    assert "differs from source" in err and "src-secret" not in err and "<redacted>@h/v1" in err
 
 
 def pip_env(index_url: str, cache: Path) -> dict[str, str]:

@@ -29,7 +29,10 @@ class _Images(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
+    hits = 0
+
     def do_GET(self) -> None:
+        type(self).hits += 1
         if self.path == "/small.png":
             self._send(SMALL)
         elif self.path == "/big.png":
@@ -134,6 +137,21 @@ def test_slow_missing_and_non_image_answers_are_400s(image_host):
     assert failure(image_host + "/text").code == "invalid_image"
     assert failure("data:image/png;base64,@@@").code == "invalid_image"
     assert failure("ftp://127.0.0.1/x.png").code == "invalid_image"
+
+
+def test_urls_that_parsers_read_differently_are_refused_before_any_fetch(image_host):
+    """One parser decides: a tab (or any whitespace or control character) before `@` once made the
+    allowlist check and the HTTP client disagree about the host; credentials are refused too."""
+    hits_before = _Images.hits
+    port = image_host.rsplit(":", 1)[1]
+    for url in (f"http://127.0.0.1:{port}\t@example.com/small.png", f"http://example.com\t@127.0.0.1:{port}/small.png",
+                f"http://127.0.0.1:{port}/sm all.png", f"http://127.0.0.1:{port}/small.png\x00",
+                f"http://127.0.0.1\n:{port}/small.png", f"http://user@127.0.0.1:{port}/small.png",
+                f"http://user:pw@127.0.0.1:{port}/small.png"):
+        assert failure(url).code == "invalid_image_url", url
+        assert not host_allowed(url, ["127.0.0.1", "example.com"]), url
+    assert _Images.hits == hits_before  # nothing was fetched
+    assert resolve(image_host + "/small.png") == SMALL and _Images.hits == hits_before + 1
 
 
 def test_host_allowlist_matching():

@@ -148,3 +148,18 @@ def test_unknown_options_fail_the_load():
     spec = SPEC.model_copy(update={"options": {"timeout": 5}})
     with pytest.raises(LoadError, match="unknown option"):
         RemoteTextBackend.load(spec, None)
+
+
+def test_a_model_cards_error_hides_url_credentials():
+    from types import SimpleNamespace
+
+    from gateway.routes.discovery import card
+
+    handle = SimpleNamespace(name="r", spec=SimpleNamespace(type=SimpleNamespace(value="NLP"),
+                                                            format=SimpleNamespace(value="remote"), aliases=[],
+                                                            replicas=1),
+                             state=SimpleNamespace(value="failed"), capabilities={"chat"}, running=0,
+                             load_seconds=None, queue_depth=lambda: 0,
+                             error="cannot reach upstream http://tok-secret@h/v1?key=k-secret")
+    shown = card(SimpleNamespace(started=0), handle).model_dump_json()
+    assert "tok-secret" not in shown and "k-secret" not in shown and "http://<redacted>@h/v1?key=<redacted>" in shown

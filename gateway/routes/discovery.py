@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from gateway.http import HTTPError, Request, Response, json_response
 from gateway.pool import ModelHandle
+from gateway.redact import scrub
 from gateway.security import allows, current_key
 from schemas.openai import ModelCard, ModelList
 
@@ -16,9 +17,9 @@ if TYPE_CHECKING:
 def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
     return ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
                      state=handle.state.value, aliases=list(handle.spec.aliases),
-                     capabilities=sorted(handle.capabilities), error=handle.error, replicas=handle.spec.replicas,
-                     parallel=handle.spec.parallel, queue_depth=handle.queue_depth(), running=handle.running,
-                     load_seconds=handle.load_seconds)
+                     capabilities=sorted(handle.capabilities), error=scrub(handle.error) if handle.error else None,
+                     replicas=handle.spec.replicas, parallel=handle.spec.parallel, queue_depth=handle.queue_depth(),
+                     running=handle.running, load_seconds=handle.load_seconds)
 
 
 async def list_models(gw: "Gateway", request: Request) -> Response:
