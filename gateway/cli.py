@@ -58,6 +58,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a manifest without serving it")
     _add_manifest_flags(check)
+    check.add_argument("--verify", action="store_true",
+                       help="also hash every cached model file against its sha256 (nothing is downloaded)")
 
     pull = commands.add_parser("pull", help="fetch and verify every model a manifest (or MODEL) needs")
     pull.add_argument("words", nargs="*", metavar="MODEL")
@@ -197,10 +199,25 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def fetch_all(manifest: Manifest, offline: bool = False) -> None:
+def fetch_all(manifest: Manifest, offline: bool = False, verify: str = "never", repair: bool = False) -> None:
     for spec in manifest.models:
-        _, path = fetch_model(spec, offline=offline)
+        _, path = fetch_model(spec, offline=offline, verify=verify, repair=repair)
         log.info("model %s: %s", spec.name, path, extra={"event": "model_file", "model": spec.name, "path": str(path)})
+
+
+def verify_all(manifest: Manifest) -> int:
+    """`nexa check --verify`: hash each cached model file against its digest; never downloads.
+    Prints one line per model; 1 if any file is missing or corrupt."""
+    failed = 0
+    for spec in manifest.models:
+        try:
+            _, path = fetch_model(spec, offline=True, verify="always")
+        except FetchError as exc:
+            failed += 1
+            print(f"{spec.name}: FAILED: {exc}")
+        else:
+            print(f"{spec.name}: ok ({path})")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,9 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             names = ", ".join(spec.name for spec in manifest.models)
             print(f"{args.config or 'manifest'}: ok ({len(manifest.models)} models: {names})")
-            return 0
+            return verify_all(manifest) if args.verify else 0
         setup_logging(manifest.server.log_level, manifest.server.log_format)
-        fetch_all(manifest, offline=manifest.server.offline)
+        # A pull hashes every cached file and fetches a corrupt one again; a start only makes sure
+        # the files are there, and each load verifies per `server.verify`.
+        pulling = args.command == "pull"
+        fetch_all(manifest, offline=manifest.server.offline, verify="always" if pulling else "never", repair=pulling)
         if args.command == "pull":
             return 0
         serve = importlib.import_module(f"gateway.servers.{manifest.server.engine}").serve

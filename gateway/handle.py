@@ -163,7 +163,9 @@ class ModelHandle:
     def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
         backend: Backend | None = None
         try:
-            spec, path = hub.fetch_model(self.spec, offline=bool(getattr(self.pool.settings, "offline", False)))
+            settings = self.pool.settings
+            spec, path = hub.fetch_model(self.spec, offline=bool(getattr(settings, "offline", False)),
+                                         verify=getattr(settings, "verify", "first_load"))
             self.size_bytes = _size_of(path)
             backend = backend_for(spec).load(spec, path)
             self.backends.append(backend)
