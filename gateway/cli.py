@@ -16,8 +16,9 @@ from typing import Any, Iterator, Sequence
 
 from gateway import catalog, gitops
 from gateway.config import ManifestError, build, load_file
-from gateway.hub import FetchError, fetch, fetch_model
+from gateway.hub import FetchError, cache_root, fetch, fetch_model
 from gateway.logs import setup_logging
+from gateway.partials import sweep_partials
 from schemas.manifest import Manifest, ModelType
 
 MODEL_TYPES = [t.value for t in ModelType]
@@ -200,6 +201,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def fetch_all(manifest: Manifest, offline: bool = False, verify: str = "never", repair: bool = False) -> None:
+    sweep_partials(cache_root())  # what a killed pull left behind
     for spec in manifest.models:
         _, path = fetch_model(spec, offline=offline, verify=verify, repair=repair)
         log.info("model %s: %s", spec.name, path, extra={"event": "model_file", "model": spec.name, "path": str(path)})

