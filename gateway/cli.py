@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from gateway import catalog, gitops
 from gateway.config import ManifestError, build, load_file
-from gateway.hub import FetchError, cache_root, fetch, fetch_model
+from gateway.hub import NO_SPACE, FetchError, cache_root, fetch, fetch_model
 from gateway.logs import setup_logging
 from gateway.partials import sweep_partials
 from schemas.manifest import Manifest, ModelType
@@ -33,6 +33,16 @@ def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="serve the models declared in this manifest")
 
 
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """MODEL and the flags that say what it is: the same for `server` and `pull`."""
+    parser.add_argument("words", nargs="*", metavar="MODEL", help="[onnx] a catalog name, a local path (-lp) or a Hugging Face repo (-hf)")
+    _add_manifest_flags(parser)
+    parser.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local path; needs -mt")
+    parser.add_argument("-mt", "--model_type", choices=MODEL_TYPES, type=str.upper,
+                        help="the model's type; needs -lp or -hf")
+    parser.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (owner/repo[/file]); needs -mt")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexa", description="nexa gateway: serve local models behind an OpenAI-compatible API")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,12 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
     server = commands.add_parser("server", help="serve one model (MODEL) or a manifest (-c FILE)",
                                  description="Serve one model, or every model of a manifest. `nexa server onnx MODEL` "
                                              "serves an ONNX model.")
-    server.add_argument("words", nargs="*", metavar="MODEL", help="[onnx] a catalog name, a local path (-lp) or a Hugging Face repo (-hf)")
-    _add_manifest_flags(server)
-    server.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local path; needs -mt")
-    server.add_argument("-mt", "--model_type", choices=MODEL_TYPES, type=str.upper,
-                        help="the model's type; needs -lp or -hf")
-    server.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (owner/repo[/file]); needs -mt")
+    _add_model_flags(server)
     server.add_argument("--host", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, help="port to bind (default 8000)")
     server.add_argument("--reload", action="store_true",
@@ -63,8 +68,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="also hash every cached model file against its sha256 (nothing is downloaded)")
 
     pull = commands.add_parser("pull", help="fetch and verify every model a manifest (or MODEL) needs")
-    pull.add_argument("words", nargs="*", metavar="MODEL")
-    _add_manifest_flags(pull)
+    _add_model_flags(pull)
     gitops.add_arguments("schema", commands.add_parser("schema", help="print the manifest's JSON Schema (for editors and CI)"))
     gitops.add_arguments("plan", commands.add_parser("plan", help="what a reload from OLD to a new manifest would do"))
     return parser
@@ -87,7 +91,8 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("-hf/--huggingface must be used with -mt/--model_type")
     if args.model_type and not (args.local_path or args.huggingface):
         raise UsageError("-mt/--model_type must be used with -lp/--local_path or -hf/--huggingface")
-    if args.nctx is not None and args.nctx <= 0:
+    nctx = getattr(args, "nctx", None)  # `pull` has no --nctx
+    if nctx is not None and nctx <= 0:
         raise UsageError("--nctx must be > 0")
 
     model: dict[str, Any] = {"preload": True}
@@ -107,8 +112,8 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
         model.update(name=_name_from(target), source=target)
         if fmt == "onnx" and catalog.lookup(target) is None:
             model["type"] = "NLP"
-    if args.nctx is not None:
-        model["nctx"] = args.nctx
+    if nctx is not None:
+        model["nctx"] = nctx
     return {"models": [model]}
 
 
@@ -255,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FetchError as exc:
         sys.stderr.write(f"nexa: {exc}\n")
+        return 1
+    except OSError as exc:  # a full disk outside a fetch (a lock file, the log) is still one line
+        if exc.errno not in NO_SPACE:
+            raise
+        sys.stderr.write(f"nexa: no space left on device at {exc.filename or cache_root()}\n")
         return 1
     except KeyboardInterrupt:
         return 130

