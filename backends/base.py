@@ -90,6 +90,9 @@ class Backend:
     """Base class. Subclasses set `capabilities` and implement the matching methods."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # True: the gateway runs this engine in a worker process (gateway.worker), because it cannot
+    # be stopped in-process; a timeout or a client that leaves kills and restarts the worker.
+    in_child_process: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, path: Path):
         self.spec = spec

@@ -186,6 +186,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 class DiffusionBackend(Backend):
     capabilities = frozenset({"txt2img", "img2img"})
+    in_child_process = True  # one generation is one native call that nothing can interrupt
 
     def __init__(self, spec: ModelSpec, path: Path, sd: Any, generate_options: dict[str, Any],
                  gateway_options: dict[str, Any]):
@@ -273,7 +274,15 @@ class DiffusionBackend(Backend):
                  extra={"event": "image_generated", "model": self.spec.name, "request_id": params.request_id,
                         "steps": steps, "seconds": round(time.monotonic() - started, 3),
                         "mode": "img2img" if params.init_image is not None else "txt2img"})
-        return [GeneratedImage(image=im.convert("RGB"), seed=seed + i) for i, im in enumerate(images)]
+        return [GeneratedImage(image=_plain(im), seed=seed + i) for i, im in enumerate(images)]
+
+
+def _plain(image: Any) -> Any:
+    """RGB, without the wrapper's `image.info` (its call arguments, ctypes arrays among them):
+    nothing reads it, and it would stop the image from crossing from a worker process."""
+    image = image.convert("RGB")
+    image.info = {}
+    return image
 
 
 def _check_choices(options: dict[str, Any]) -> None:

@@ -16,8 +16,9 @@ from typing import Any, Iterator, Sequence
 
 from gateway import catalog, gitops
 from gateway.config import ManifestError, build, load_file
-from gateway.hub import FetchError, fetch, fetch_model
+from gateway.hub import NO_SPACE, FetchError, cache_root, fetch, fetch_model
 from gateway.logs import setup_logging
+from gateway.partials import sweep_partials
 from schemas.manifest import Manifest, ModelType
 
 MODEL_TYPES = [t.value for t in ModelType]
@@ -32,6 +33,16 @@ def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", help="serve the models declared in this manifest")
 
 
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """MODEL and the flags that say what it is: the same for `server` and `pull`."""
+    parser.add_argument("words", nargs="*", metavar="MODEL", help="[onnx] a catalog name, a local path (-lp) or a Hugging Face repo (-hf)")
+    _add_manifest_flags(parser)
+    parser.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local path; needs -mt")
+    parser.add_argument("-mt", "--model_type", choices=MODEL_TYPES, type=str.upper,
+                        help="the model's type; needs -lp or -hf")
+    parser.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (owner/repo[/file]); needs -mt")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexa", description="nexa gateway: serve local models behind an OpenAI-compatible API")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,12 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
     server = commands.add_parser("server", help="serve one model (MODEL) or a manifest (-c FILE)",
                                  description="Serve one model, or every model of a manifest. `nexa server onnx MODEL` "
                                              "serves an ONNX model.")
-    server.add_argument("words", nargs="*", metavar="MODEL", help="[onnx] a catalog name, a local path (-lp) or a Hugging Face repo (-hf)")
-    _add_manifest_flags(server)
-    server.add_argument("-lp", "--local_path", action="store_true", help="MODEL is a local path; needs -mt")
-    server.add_argument("-mt", "--model_type", choices=MODEL_TYPES, type=str.upper,
-                        help="the model's type; needs -lp or -hf")
-    server.add_argument("-hf", "--huggingface", action="store_true", help="MODEL is a Hugging Face repo (owner/repo[/file]); needs -mt")
+    _add_model_flags(server)
     server.add_argument("--host", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, help="port to bind (default 8000)")
     server.add_argument("--reload", action="store_true",
@@ -58,10 +64,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a manifest without serving it")
     _add_manifest_flags(check)
+    check.add_argument("--verify", action="store_true",
+                       help="also hash every cached model file against its sha256 (nothing is downloaded)")
 
     pull = commands.add_parser("pull", help="fetch and verify every model a manifest (or MODEL) needs")
-    pull.add_argument("words", nargs="*", metavar="MODEL")
-    _add_manifest_flags(pull)
+    _add_model_flags(pull)
     gitops.add_arguments("schema", commands.add_parser("schema", help="print the manifest's JSON Schema (for editors and CI)"))
     gitops.add_arguments("plan", commands.add_parser("plan", help="what a reload from OLD to a new manifest would do"))
     return parser
@@ -84,7 +91,8 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("-hf/--huggingface must be used with -mt/--model_type")
     if args.model_type and not (args.local_path or args.huggingface):
         raise UsageError("-mt/--model_type must be used with -lp/--local_path or -hf/--huggingface")
-    if args.nctx is not None and args.nctx <= 0:
+    nctx = getattr(args, "nctx", None)  # `pull` has no --nctx
+    if nctx is not None and nctx <= 0:
         raise UsageError("--nctx must be > 0")
 
     model: dict[str, Any] = {"preload": True}
@@ -104,8 +112,8 @@ def one_model_manifest(args: argparse.Namespace) -> dict[str, Any]:
         model.update(name=_name_from(target), source=target)
         if fmt == "onnx" and catalog.lookup(target) is None:
             model["type"] = "NLP"
-    if args.nctx is not None:
-        model["nctx"] = args.nctx
+    if nctx is not None:
+        model["nctx"] = nctx
     return {"models": [model]}
 
 
@@ -197,10 +205,26 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def fetch_all(manifest: Manifest, offline: bool = False) -> None:
+def fetch_all(manifest: Manifest, offline: bool = False, verify: str = "never", repair: bool = False) -> None:
+    sweep_partials(cache_root())  # what a killed pull left behind
     for spec in manifest.models:
-        _, path = fetch_model(spec, offline=offline)
+        _, path = fetch_model(spec, offline=offline, verify=verify, repair=repair)
         log.info("model %s: %s", spec.name, path, extra={"event": "model_file", "model": spec.name, "path": str(path)})
+
+
+def verify_all(manifest: Manifest) -> int:
+    """`nexa check --verify`: hash each cached model file against its digest; never downloads.
+    Prints one line per model; 1 if any file is missing or corrupt."""
+    failed = 0
+    for spec in manifest.models:
+        try:
+            _, path = fetch_model(spec, offline=True, verify="always")
+        except FetchError as exc:
+            failed += 1
+            print(f"{spec.name}: FAILED: {exc}")
+        else:
+            print(f"{spec.name}: ok ({path})")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,12 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             names = ", ".join(spec.name for spec in manifest.models)
             print(f"{args.config or 'manifest'}: ok ({len(manifest.models)} models: {names})")
-            return 0
+            return verify_all(manifest) if args.verify else 0
         setup_logging(manifest.server.log_level, manifest.server.log_format)
         if manifest.server.engine is not None:
             log.warning("server.engine (NEXA_ENGINE) is deprecated; it is now server.http_server (NEXA_HTTP_SERVER)",
                         extra={"event": "deprecated_setting"})
-        fetch_all(manifest, offline=manifest.server.offline)
+        # A pull hashes every cached file and fetches a corrupt one again; a start only makes sure
+        # the files are there, and each load verifies per `server.verify`.
+        pulling = args.command == "pull"
+        fetch_all(manifest, offline=manifest.server.offline, verify="always" if pulling else "never", repair=pulling)
         if args.command == "pull":
             return 0
         serve = importlib.import_module(f"gateway.servers.{manifest.server.http_server}").serve
@@ -236,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FetchError as exc:
         sys.stderr.write(f"nexa: {exc}\n")
+        return 1
+    except OSError as exc:  # a full disk outside a fetch (a lock file, the log) is still one line
+        if exc.errno not in NO_SPACE:
+            raise
+        sys.stderr.write(f"nexa: no space left on device at {exc.filename or cache_root()}\n")
         return 1
     except KeyboardInterrupt:
         return 130

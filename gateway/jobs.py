@@ -7,6 +7,7 @@ client that stops reading stops the producer.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,19 +25,34 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+_running = threading.local()  # the replica thread's current job: is anybody still waiting for it?
+
+
+def abandoned() -> bool:
+    """True once the current job's caller stopped waiting (timeout_s, or a client that left).
+
+    Work that cannot stop between steps (an image engine in a worker process) polls this."""
+    check = getattr(_running, "abandoned", None)
+    return bool(check and check())
+
+
 def settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callable, backend: Backend) -> None:
+    _running.abandoned = future.cancelled
     try:
         result = work(backend)
     except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
         loop.call_soon_threadsafe(set_exception, future, exc)
     else:
         loop.call_soon_threadsafe(set_result, future, result)
+    finally:
+        _running.abandoned = None
 
 
 def pump(channel: Channel, work: Callable, backend: Backend) -> None:
     if channel.closed():
         return
     iterator = None
+    _running.abandoned = channel.closed
     try:
         iterator = work(backend, channel.closed)
         for item in iterator:
@@ -47,6 +63,7 @@ def pump(channel: Channel, work: Callable, backend: Backend) -> None:
     except BaseException as exc:  # noqa: BLE001
         channel.put("error", exc)
     finally:
+        _running.abandoned = None
         close = getattr(iterator, "close", None)
         if close is not None:
             close()

