@@ -33,6 +33,9 @@ from tests.synth.sd_checkpoint import sdxs_checkpoint
 from tests.synth.vlm import TOKENS_PER_IMAGE, png, vlm_pair
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+# Playwright's assertions wait 5 s by default; a loaded 2-core machine can take longer to stream an
+# answer, and these tests assert behaviour, not speed.
+expect.set_options(timeout=90_000)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
