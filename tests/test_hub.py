@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from gateway import catalog, hub
+from gateway import catalog, hub, integrity
 from gateway.catalog import CatalogEntry, CatalogFile, Part
 from schemas.manifest import ModelSpec
 from tests.conftest import corrupt_in_place
@@ -304,7 +304,7 @@ def _pinned_in_cache(cache: Path, monkeypatch: pytest.MonkeyPatch, data: bytes) 
     dest.parent.mkdir(parents=True)
     dest.write_bytes(data)
     hub._record(dest, sha(data))
-    monkeypatch.setattr(hub, "_checked", set())
+    monkeypatch.setattr(integrity, "_checked", set())
     return ModelSpec(name="pinned", source="fake-pinned"), dest
 
 
@@ -331,8 +331,8 @@ def test_first_load_hashes_once_per_process_and_always_hashes_every_time(cache: 
     data = b"weights" * 100_000
     spec, dest = _pinned_in_cache(cache, monkeypatch, data)
     hashed: list[Path] = []
-    real_sha256 = hub._sha256
-    monkeypatch.setattr(hub, "_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    real_sha256 = integrity.sha256_of
+    monkeypatch.setattr(integrity, "sha256_of", lambda path: hashed.append(path) or real_sha256(path))
 
     assert hub.fetch(spec, verify="first_load") == dest
     assert hub.fetch(spec, verify="first_load") == dest

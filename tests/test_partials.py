@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,3 +90,18 @@ def test_a_pull_removes_stale_partials_and_keeps_good_files_and_live_fetches(ind
     assert young.exists() and recent_legacy.exists() and live.exists()
     assert good.read_bytes() == data and good.stat().st_mtime_ns == stamp  # the cached file stays as it was
     assert index.downloads() == []
+
+
+def test_wheel_folders_older_versions_left_in_the_temp_folder_go_after_six_hours(tmp_path: Path):
+    old = Path(tempfile.mkdtemp(prefix="nexa-wheels-", dir=tempfile.gettempdir()))
+    recent = Path(tempfile.mkdtemp(prefix="nexa-wheels-", dir=tempfile.gettempdir()))
+    try:
+        (old / "big.whl").write_bytes(b"\0" * 1000)
+        _age(old, 7 * HOUR)
+        _age(recent, HOUR)  # no lock file: an older version's, maybe still running
+        removed = partials.sweep_partials(tmp_path / "empty-cache")
+        assert old in removed and not old.exists()
+        assert recent.exists() and recent not in removed
+    finally:
+        for folder in (old, recent):
+            shutil.rmtree(folder, ignore_errors=True)
