@@ -240,6 +240,12 @@ class Gateway:
         request.state["route"] = route
         return await handler(request)
 
+    def body_timeout(self) -> Response:
+        """408 for a body that did not arrive within server.body_timeout_s; the connection closes."""
+        limit = self.manifest.server.body_timeout_s
+        return HTTPError(408, f"The request body did not arrive within {limit:g}s (server.body_timeout_s).",
+                         code="request_timeout", headers={"connection": "close"}).response()
+
     def too_large(self) -> Response:
         limit = self.manifest.server.max_body_bytes
         return HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",

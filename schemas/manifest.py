@@ -73,6 +73,8 @@ class ServerSettings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = "auto"
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_audio_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this; "
+                                                           "else 408 (a client that never sends it)")
     shutdown_grace_s: float = Field(30.0, ge=0)
     stream_buffer: int = Field(4, ge=1, le=256)
     # Residency: how many models (and how many bytes of model files) may be loaded at once.
