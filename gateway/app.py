@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import re
 import time
 import uuid
 
@@ -35,6 +36,17 @@ CAPABILITY_NAMES = {
     "txt2img": "image generation",
     "img2img": "image-to-image generation",
 }
+
+
+# A client's own X-Request-Id is echoed and logged only when it is short and plain.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-Id (to trace a request through proxies), or a new one when it is
+    missing, longer than 128 characters or holds anything but letters, digits and `._:/+=-`."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class Gateway:
@@ -177,7 +189,7 @@ class Gateway:
     # -- requests ------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response | StreamResponse:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id_of(request)
         request.state["request_id"] = request_id
         started = request.state["started"] = time.perf_counter()
         try:

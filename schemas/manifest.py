@@ -91,6 +91,11 @@ class ServerSettings(BaseSettings):
     image_input_dirs: list[str] = Field(default_factory=list)
     image_output_dir: str | None = None
     image_output_keep: int | None = Field(1000, gt=0, description="newest generated images kept; older ones deleted")
+    # The URLs of generated images: `public_url` (e.g. https://ai.example.com) when set; else the
+    # request's X-Forwarded-Proto/-Host only when trust_forwarded_headers (a proxy sets them), else its Host.
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$",
+                                   description="the base URL clients reach this gateway at")
+    trust_forwarded_headers: bool = Field(False, description="believe X-Forwarded-Proto and X-Forwarded-Host")
     # Vision chat: http(s) image URLs are fetched only from these hosts ("example.com", "*.example.com",
     # "127.0.0.1:8080"); empty: never (data: URLs and base64 always work).
     image_url_hosts: list[str] = Field(default_factory=list)
