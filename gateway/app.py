@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import re
 import time
 import uuid
 
@@ -35,6 +36,17 @@ CAPABILITY_NAMES = {
     "txt2img": "image generation",
     "img2img": "image-to-image generation",
 }
+
+
+# A client's own X-Request-Id is echoed and logged only when it is short and plain.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id_of(request: Request) -> str:
+    """The client's X-Request-Id (to trace a request through proxies), or a new one when it is
+    missing, longer than 128 characters or holds anything but letters, digits and `._:/+=-`."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class Gateway:
@@ -129,7 +141,7 @@ class Gateway:
     # -- requests ------------------------------------------------------------
 
     async def respond(self, request: Request) -> Response | StreamResponse:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id_of(request)
         request.state["request_id"] = request_id
         current_model.set("")  # a server may run several requests of one connection in one task
         started = request.state["started"] = time.perf_counter()
@@ -194,6 +206,12 @@ class Gateway:
             route = route.replace(value, "{" + name + "}")
         request.state["route"] = route
         return await handler(request)
+
+    def body_timeout(self) -> Response:
+        """408 for a body that did not arrive within server.body_timeout_s; the connection closes."""
+        limit = self.manifest.server.body_timeout_s
+        return HTTPError(408, f"The request body did not arrive within {limit:g}s (server.body_timeout_s).",
+                         code="request_timeout", headers={"connection": "close"}).response()
 
     def too_large(self) -> Response:
         limit = self.manifest.server.max_body_bytes

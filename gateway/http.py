@@ -27,10 +27,9 @@ class HTTPError(Exception):
         403: "permission_error",
         404: "not_found_error",
         405: "invalid_request_error",
+        408: "invalid_request_error",
         413: "invalid_request_error",
         429: "rate_limit_error",
-        500: "server_error",
-        503: "server_error",
     }
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -40,7 +39,8 @@ class HTTPError(Exception):
         self.message = message
         self.code = code
         self.param = param
-        self.type = type or self.default_types.get(status, "invalid_request_error")
+        # OpenAI types every 5xx (timeouts included) as a server error.
+        self.type = type or self.default_types.get(status, "server_error" if status >= 500 else "invalid_request_error")
         self.headers = headers or {}
 
     def envelope(self) -> dict[str, Any]:

@@ -78,6 +78,8 @@ class ServerSettings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = "auto"
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_audio_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this; "
+                                                           "else 408 (a client that never sends it)")
     shutdown_grace_s: float = Field(30.0, ge=0)
     stream_buffer: int = Field(4, ge=1, le=256)
     # Residency: how many models (and how many bytes of model files) may be loaded at once.
@@ -94,6 +96,11 @@ class ServerSettings(BaseSettings):
     image_input_dirs: list[str] = Field(default_factory=list)
     image_output_dir: str | None = None
     image_output_keep: int | None = Field(1000, gt=0, description="newest generated images kept; older ones deleted")
+    # The URLs of generated images: `public_url` (e.g. https://ai.example.com) when set; else the
+    # request's X-Forwarded-Proto/-Host only when trust_forwarded_headers (a proxy sets them), else its Host.
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$",
+                                   description="the base URL clients reach this gateway at")
+    trust_forwarded_headers: bool = Field(False, description="believe X-Forwarded-Proto and X-Forwarded-Host")
     # Vision chat: http(s) image URLs are fetched only from these hosts ("example.com", "*.example.com",
     # "127.0.0.1:8080"); empty: never (data: URLs and base64 always work).
     image_url_hosts: list[str] = Field(default_factory=list)

@@ -228,6 +228,55 @@ def test_body_over_the_limit_is_413(fake_server):
     assert httpx.post(url + "/v1/completions", json={"model": "a", "prompt": "p", "max_tokens": 1}).status_code == 200
 
 
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response (head, body) from a raw socket, by its content-length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+@pytest.mark.parametrize("engine", only("robyn", "Robyn reads the whole body before the adapter sees the request, "
+                                                 "so a body that never arrives is never answered"), indirect=True)
+def test_a_body_that_never_arrives_is_a_408_after_the_body_timeout(engine, start_server, tmp_path):
+    manifest = write_manifest(tmp_path / "nexa.yaml", [{"name": "a", **FAKE, "preload": True}])
+    server = start_server(["-c", str(manifest), "--server", engine], env={"NEXA_BODY_TIMEOUT_S": "2"})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n{\"model\": \"a\", ")
+        started = time.monotonic()
+        head, body = read_response(sock)
+        waited = time.monotonic() - started
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert 1.5 < waited < 15, waited
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
+        assert "server.body_timeout_s" in error["message"]
+        sock.settimeout(10)
+        assert sock.recv(1024) == b""  # the connection is closed, not left waiting for the rest
+    # A body that does arrive (slowly, within the limit) is served as usual.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        payload = json.dumps({"model": "a", "prompt": "p", "max_tokens": 2}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload[:10])
+        time.sleep(0.5)
+        sock.sendall(payload[10:])
+        head, body = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(body)["choices"][0]["text"] == " w0 w1"
+
+
 # -- uploads and query strings -----------------------------------------------------------
 
 

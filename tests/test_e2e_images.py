@@ -105,6 +105,17 @@ def test_txt2img_returns_a_png_of_the_requested_size_and_a_url_serving_it(image_
     assert served.content == base64.b64decode(body["data"][0]["base64"])
 
 
+def test_image_urls_ignore_forwarded_headers_by_default(image_server):
+    forged = {"x-forwarded-proto": "https", "x-forwarded-host": "evil.example"}
+    answer = httpx.post(image_server.url + "/v1/txt2img", json={"prompt": "p", "width": 64, "height": 64},
+                        headers=forged, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"][0]["url"].startswith(image_server.url + FILE_ROUTE)
+    generated = httpx.post(image_server.url + "/v1/images/generations", headers=forged, timeout=120,
+                           json={"prompt": "p", "size": "64x64", "response_format": "url"})
+    assert generated.json()["data"][0]["url"].startswith(image_server.url + FILE_ROUTE)
+
+
 def test_every_request_gets_its_own_file(image_server):
     urls = {post(image_server, "/v1/txt2img", {"prompt": "same", "width": 64, "height": 64, "seed": 1})
             .json()["data"][0]["url"] for _ in range(3)}

@@ -178,6 +178,7 @@ def test_request_timeout_is_504(tmp_path, start_server):
     server = start_server(["-c", str(path)])
     answer = complete(server.url, "t", 100)
     assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
+    assert answer.json()["error"]["type"] == "server_error"  # as OpenAI types every 5xx
     assert complete(server.url, "t", 2).status_code == 200
 
 
@@ -251,12 +252,19 @@ def test_metrics_and_request_ids(tmp_path, start_server):
                    json={"model": "a", "prompt": "p", "max_tokens": 4, "stream": True})
     assert r.headers["x-request-id"] == "trace-me-42"
     assert len(complete(server.url, "a").headers["x-request-id"]) == 32
+    # Long or odd ids are replaced, not echoed and logged whole.
+    for odd in ("x" * 100_000, "y" * 129, "a b", "<script>"):
+        answer = complete(server.url, "a", headers={"x-request-id": odd})
+        assert answer.status_code == 200 and len(answer.headers["x-request-id"]) == 32
+        assert answer.headers["x-request-id"] != odd
+    assert complete(server.url, "a", headers={"x-request-id": "z" * 128}).headers["x-request-id"] == "z" * 128
+    assert "x" * 200 not in server.log() and "y" * 129 not in server.log()
     text = httpx.get(server.url + "/metrics").text
     for name in ("nexa_requests_total", "nexa_request_seconds_bucket", "nexa_time_to_first_token_seconds_bucket",
                  "nexa_generated_tokens_total", "nexa_queue_depth", "nexa_loaded_models", "nexa_model_load_seconds"):
         assert name in text, name
-    assert metric(server.url, "nexa_generated_tokens_total", model="a") == 4 + 3
-    assert metric(server.url, "nexa_requests_total", route="/v1/completions", model="a", status="200") == 2
+    assert metric(server.url, "nexa_generated_tokens_total", model="a") == 4 + 3 * 6
+    assert metric(server.url, "nexa_requests_total", route="/v1/completions", model="a", status="200") == 7
     assert '"request_id": "trace-me-42"' in server.log()
 
 

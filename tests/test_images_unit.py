@@ -161,3 +161,30 @@ def test_a_failed_image_write_is_a_clear_error_and_leaves_no_file(tmp_path, monk
     if error == 28:
         assert "no space left on device" in info.value.message and info.value.code == "insufficient_storage"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [kept]  # no 0-byte or partial file
+
+
+def test_image_urls_use_the_public_url_and_forwarded_headers_only_when_trusted():
+    from types import SimpleNamespace
+
+    from gateway.http import Request
+    from gateway.routes.images import _file_url
+
+    def url(headers: dict, **server) -> str:
+        gw = SimpleNamespace(manifest=SimpleNamespace(server=ServerSettings(port=8000, **server)))
+        return _file_url(gw, Request("POST", "/v1/txt2img", headers=headers), "img-1.png")
+
+    forged = {"host": "gw.internal:8000", "x-forwarded-proto": "https", "x-forwarded-host": "evil.example"}
+    # By default a client's forwarded headers are not believed: its Host is.
+    assert url(forged) == "http://gw.internal:8000/v1/images/files/img-1.png"
+    assert url({"host": "bad host/"}) == "http://127.0.0.1:8000/v1/images/files/img-1.png"
+    # Behind a proxy that sets them (the first of a chain is what the client used).
+    trusted = {**forged, "x-forwarded-host": "ai.example.com, proxy.local", "x-forwarded-proto": "HTTPS, http"}
+    assert url(trusted, trust_forwarded_headers=True) == "https://ai.example.com/v1/images/files/img-1.png"
+    assert url({**forged, "x-forwarded-proto": "gopher"}, trust_forwarded_headers=True).startswith("http://evil.example/")
+    # The manifest's public URL wins over every header.
+    public = "https://example.org/nexa/"
+    assert url(forged, public_url=public, trust_forwarded_headers=True) == \
+        "https://example.org/nexa/v1/images/files/img-1.png"
+    for bad in ("ftp://x", "https://u@x", "https://x?y=1", "example.org"):
+        with pytest.raises(ValidationError):
+            ServerSettings(public_url=bad)

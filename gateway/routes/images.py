@@ -40,13 +40,27 @@ def _store(gw: "Gateway") -> ImageStore:
 
 
 def _file_url(gw: "Gateway", request: Request, name: str) -> str:
-    """Where this gateway serves `name`, as the client reached it (its Host header)."""
-    host = request.headers.get("host", "")
+    """Where this gateway serves `name`: under `server.public_url` when the manifest names it;
+    else as the client reached it (its Host header), and through a proxy's X-Forwarded-Proto and
+    X-Forwarded-Host only when `server.trust_forwarded_headers` says a proxy sets them (any
+    client can send them)."""
+    server = gw.manifest.server
+    if server.public_url:
+        return f"{server.public_url.rstrip('/')}{FILES_PATH}/{name}"
+    headers = request.headers
+    scheme, host = "http", headers.get("host", "")
+    if server.trust_forwarded_headers:
+        # A chain of proxies appends: the first value is what the client used.
+        host = _first(headers.get("x-forwarded-host")) or host
+        forwarded = _first(headers.get("x-forwarded-proto")).lower()
+        scheme = forwarded if forwarded in ("http", "https") else scheme
     if not _HOST.match(host):
-        host = f"{gw.manifest.server.host}:{gw.manifest.server.port}"
-    scheme = request.headers.get("x-forwarded-proto", "http")
-    scheme = scheme if scheme in ("http", "https") else "http"
+        host = f"{server.host}:{server.port}"
     return f"{scheme}://{host}{FILES_PATH}/{name}"
+
+
+def _first(value: str | None) -> str:
+    return (value or "").split(",")[0].strip()
 
 
 def _params(body: Any, request: Request, width: int, height: int, **extra: Any) -> ImageParams:

@@ -42,7 +42,12 @@ class RSGIApp:
         if scope.proto != "http":
             return
         headers = {k.lower(): v for k, v in scope.headers.items()}
-        body = await self._read_body(headers, protocol)
+        try:
+            # A client that declares a body and never sends it would hold the connection forever.
+            body = await asyncio.wait_for(self._read_body(headers, protocol),
+                                          self.gateway.manifest.server.body_timeout_s)
+        except asyncio.TimeoutError:
+            return self._send(protocol, self.gateway.body_timeout())
         if body is None:
             return self._send(protocol, self.gateway.too_large())
         request = Request(
