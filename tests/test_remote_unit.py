@@ -157,7 +157,7 @@ def test_a_model_cards_error_hides_url_credentials():
 
     handle = SimpleNamespace(name="r", spec=SimpleNamespace(type=SimpleNamespace(value="NLP"),
                                                             format=SimpleNamespace(value="remote"), aliases=[],
-                                                            replicas=1),
+                                                            replicas=1, parallel=1),
                              state=SimpleNamespace(value="failed"), capabilities={"chat"}, running=0,
                              load_seconds=None, queue_depth=lambda: 0,
                              error="cannot reach upstream http://tok-secret@h/v1?key=k-secret")
