@@ -106,6 +106,6 @@ def mtmd_lib(handler: Any) -> Any:
 
 def mtmd_function(name: str) -> Any:
     """A libmtmd C function the bindings do not wrap (`mtmd_log_set`), or None if the library lacks it."""
-    import llama_cpp.mtmd_cpp as mtmd_cpp
+    from llama_cpp import mtmd_cpp
 
     return getattr(mtmd_cpp._libmtmd, name, None)
