@@ -1,89 +1,32 @@
 """GGUF text generation through llama-cpp-python.
 
-The token loop is ours (on top of `Llama.generate`), not `create_completion`,
-because a gateway needs three things llama-cpp-python's loop does not give in
-streaming mode: exact token counts, a cancellation check between tokens, and
-stop sequences that never leak a partial match to the client.
+The token loop is ours (backends/textloop.py, on top of `Llama.generate`), not
+`create_completion`, because a gateway needs three things llama-cpp-python's loop
+does not give in streaming mode: exact token counts, a cancellation check between
+tokens, and stop sequences that never leak a partial match to the client.
+Model loading (`llama_kwargs`, `open_llama`) is in backends/llama_load.py, every use
+of llama-cpp-python's private attributes in backends/llama_private.py.
 """
 
 from __future__ import annotations
 
-import codecs
 import importlib.util
 import json
 import random
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from backends import llama_private as private
+from backends import textloop
 from backends import tools as tools_mod
 from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, TokenLogprob, Usage
-from backends.stops import StopScanner
-from schemas.manifest import Device, ModelSpec
-
-# Used when a GGUF carries no chat template (e.g. base models such as Gemma 3 270M).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-LOAD_LOCK = threading.Lock()
-
-
-def gguf_file(path: Path) -> Path:
-    """A folder stands for the one .gguf it holds."""
-    if not path.is_dir():
-        return path
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) != 1:
-        raise LoadError(f"{path} is a folder with {len(ggufs)} .gguf files; name one with `file:`")
-    return ggufs[0]
-
-
-def open_llama(path: Path, kwargs: dict[str, Any]) -> Any:
-    """Create a `llama_cpp.Llama`, turning its failures into one clear LoadError."""
-    import llama_cpp
-
-    try:
-        with LOAD_LOCK:  # verbose=False redirects the process's stdout/stderr while it loads
-            return llama_cpp.Llama(**kwargs)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise LoadError(f"llama.cpp could not load {path.name}: {exc}") from exc
-    except TypeError as exc:
-        raise LoadError(f"bad engine option for llama.cpp: {exc}") from exc
-
-
-def gpu_layers(spec: ModelSpec) -> int:
-    """Layers to offload: the manifest's number, else all on a GPU device, none on the CPU."""
-    if spec.n_gpu_layers is not None:
-        return spec.n_gpu_layers
-    if spec.device == Device.cpu:
-        return 0
-    if spec.device == Device.auto:
-        import llama_cpp
-
-        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    return -1
-
-
-def llama_kwargs(spec: ModelSpec, path: Path) -> dict[str, Any]:
-    """`llama_cpp.Llama` arguments from the manifest: context, offload, threads, then `options` verbatim."""
-    options = dict(spec.options)
-    options.pop("chat_template", None)
-    kwargs: dict[str, Any] = {
-        "model_path": str(path),
-        "n_ctx": spec.nctx,
-        "n_gpu_layers": gpu_layers(spec),
-        "verbose": bool(options.pop("verbose", False)),
-    }
-    if spec.n_threads:  # prompt processing too, unless options.n_threads_batch says otherwise
-        kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
-    kwargs.update(options)
-    return kwargs
+from backends.chat_template import CHATML_TEMPLATE, rendering
+# their old home: other modules and helpers import them from here
+from backends.llama_load import LOAD_LOCK, gguf_file, gpu_layers, llama_kwargs, open_llama  # noqa: F401
+from schemas.manifest import ModelSpec
 
 
 def token_logprob(llm: Any, logits: Any, token: int, top: int) -> TokenLogprob:
@@ -136,16 +79,14 @@ class LlamaBackend(Backend):
 
             llm = self.llm
             template = self.spec.options.get("chat_template") or llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
-            eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
-            bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+            eos = private.token_text(llm, llm.token_eos()) if llm.token_eos() >= 0 else ""
+            bos = private.token_text(llm, llm.token_bos()) if llm.token_bos() >= 0 else ""
             self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         return self._formatter
 
     def render_chat(self, messages: list[dict], **template_vars: Any) -> str:
-        try:
+        with rendering():
             return self._chat_formatter()(messages=messages, **template_vars).prompt
-        except Exception as exc:  # jinja raises many kinds; all mean "these messages do not fit the template"
-            raise BackendError(f"the model's chat template rejected these messages: {exc}") from exc
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -243,62 +184,26 @@ class LlamaBackend(Backend):
         try:
             for token in tokens:
                 top = params.logprobs
-                yield token, (token_logprob(llm, llm._ctx.get_logits(), token, top) if top is not None else None)
+                yield token, (token_logprob(llm, private.last_logits(llm), token, top) if top is not None else None)
         finally:
             tokens.close()
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
+        """The shared token loop (backends/textloop.py) over `sample_tokens`."""
         import llama_cpp
 
         llm = self.llm
-        n_ctx = self.context_size()
-        if len(prompt_tokens) >= n_ctx:
-            raise BackendError(
-                f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's context of {n_ctx} tokens"
-            )
-        budget = min(params.max_tokens, n_ctx - len(prompt_tokens))
+        budget = textloop.token_budget(prompt_tokens, params.max_tokens, self.context_size())
         grammar = None
         if params.grammar:
             grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
-        scanner = StopScanner(params.stop)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = llm._model.vocab
-        completion: list[int] = []
-        finish = "length"
-        pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
-        tokens = self.sample_tokens(prompt_tokens, params, grammar, budget, cancelled)
-        try:
-            for token, logprob in tokens:
-                if cancelled():
-                    finish = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                completion.append(token)
-                if logprob is not None:
-                    pending.append(logprob)
-                piece = scanner.feed(decoder.decode(llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1])))
-                if piece:
-                    yield Delta(text=piece, logprobs=pending or None)
-                    pending = []
-                if scanner.matched is not None:
-                    finish = "stop"
-                    break
-                if len(completion) >= budget:
-                    finish = "length"
-                    break
-            else:  # the engine ended the stream on its own: the client left, or the model is unloading
-                if cancelled():
-                    finish = "cancelled"
-        finally:
-            tokens.close()
-        rest = scanner.rest(decoder.decode(b"", final=True))
-        if rest or pending:
-            yield Delta(text=rest, logprobs=pending or None)
-        yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), len(completion)),
-                    stop_sequence=scanner.matched)
-
+        vocab = private.vocab(llm)
+        piece = lambda token, before: llm.detokenize([token], prev_tokens=before)  # noqa: E731
+        yield from textloop.run(
+            prompt_tokens, self.sample_tokens(prompt_tokens, params, grammar, budget, cancelled),
+            is_end=lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
+            detokenizer=textloop.ByteDetokenizer(piece, prompt_tokens), stop=params.stop, budget=budget,
+            cancelled=cancelled)
 
 
 def _json_grammar(schema: dict) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from backends import llama_private as private
 from backends.base import BackendError, Cancelled, LoadError, SamplingParams, TokenLogprob
 from backends.llama import LlamaBackend, llama_kwargs, open_llama, token_logprob
 from schemas.manifest import ModelSpec
@@ -90,12 +91,7 @@ class Slot:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 class BatchEngine:
@@ -103,7 +99,6 @@ class BatchEngine:
 
     def __init__(self, llm: Any, n_seq: int, n_ctx_seq: int, chunk: int = DEFAULT_CHUNK):
         import llama_cpp
-        from llama_cpp._internals import LlamaContext
 
         self.llm = llm
         self.n_ctx_seq = n_ctx_seq
@@ -117,12 +112,12 @@ class BatchEngine:
         params.kv_unified = False
         params.embeddings = False
         try:
-            self.ctx = LlamaContext(model=llm._model, params=params, verbose=llm.verbose)
+            self.ctx = private.new_context(llm, params)
         except ValueError as exc:
             raise LoadError(f"llama.cpp could not create a context of {n_seq} × {n_ctx_seq} tokens: {exc}") from exc
         self.memory = self.ctx.memory
         self.batch = llama_cpp.llama_batch_init(chunk, 0, 1)
-        self.vocab = llm._model.vocab
+        self.vocab = private.vocab(llm)
         self.slots = [Slot(i) for i in range(n_seq)]
         self.stats = BatchStats()
         self._pending: list[SeqRequest] = []
@@ -253,7 +248,7 @@ class BatchEngine:
         then greedy, or top-k/typical/top-p/min-p/temperature/dist with the request's seed)."""
         p, llm = request.params, self.llm
         llm.set_seed(p.seed if p.seed is not None else random.randrange(2**31))
-        return llm._init_sampler(top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
+        return private.sampler_chain(llm, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
                                  repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
                                  presence_penalty=p.presence_penalty, grammar=request.grammar)
 
@@ -354,10 +349,9 @@ class BatchedLlamaBackend(LlamaBackend):
 
     @classmethod
     def load_batched(cls, spec: ModelSpec, path: Path) -> "BatchedLlamaBackend":
-        kwargs = llama_kwargs(spec, path)
-        chunk = int(kwargs.pop("n_batch", DEFAULT_CHUNK))
-        kwargs.update(n_ctx=32, n_batch=32, n_ubatch=32)  # the Llama object only tokenizes and holds the model
-        llm = open_llama(path, kwargs)
+        chunk = int(spec.options.get("n_batch", DEFAULT_CHUNK))
+        # the Llama object only tokenizes and holds the model; the engine's context is the batched one
+        llm = open_llama(path, llama_kwargs(spec, path, n_ctx=32, n_batch=32, n_ubatch=32))
         try:
             engine = BatchEngine(llm, spec.parallel, spec.nctx, chunk)
         except BaseException:

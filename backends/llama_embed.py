@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from backends import llama_private as private
 from backends.base import LoadError
-from backends.llama import gguf_file, gpu_layers as _gpu_layers, open_llama
+from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
 from schemas.manifest import ModelSpec
 
@@ -49,7 +50,7 @@ class LlamaEmbedBackend(EmbeddingBackend):
         self.n_vocab = int(llm.n_vocab())
         self.n_batch = int(llm.n_batch)
         self.n_seq_max = max(1, int(llm.context_params.n_seq_max))
-        self.max_tokens = min(int(llm._model.n_ctx_train()) or self.n_batch, self.n_batch)
+        self.max_tokens = min(private.n_ctx_train(llm) or self.n_batch, self.n_batch)
         with_special = llm.tokenize(b"a", add_bos=True, special=False)
         without = llm.tokenize(b"a", add_bos=False, special=False)
         self.prefix, self.suffix = special_frame(with_special, without)
@@ -61,28 +62,17 @@ class LlamaEmbedBackend(EmbeddingBackend):
         except ImportError as exc:
             raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
         path = gguf_file(path)
-        options = dict(spec.options)
         try:
-            own = read_options(options, OPTIONS)
+            own = read_options(dict(spec.options), OPTIONS)
         except TypeError as exc:
             raise LoadError(str(exc)) from exc
-        kwargs: dict[str, Any] = {
-            "model_path": str(path),
-            "embedding": True,
-            "n_ctx": spec.nctx,
-            "n_batch": spec.nctx,
-            "n_ubatch": spec.nctx,  # non-causal attention needs a whole batch in one micro-batch
-            "n_gpu_layers": _gpu_layers(spec),
-            "verbose": bool(options.pop("verbose", False)),
-        }
+        # non-causal attention needs a whole batch in one micro-batch
+        defaults: dict[str, Any] = {"embedding": True, "n_batch": spec.nctx, "n_ubatch": spec.nctx}
         if "pooling" in own:
             if own["pooling"] not in POOLING_TYPES:
                 raise LoadError(f"option pooling must be one of {', '.join(POOLING_TYPES)}, got {own['pooling']!r}")
-            kwargs["pooling_type"] = POOLING_TYPES[own["pooling"]]
-        if spec.n_threads:
-            kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.n_threads
-        kwargs.update(options)
-        llm = open_llama(path, kwargs)
+            defaults["pooling_type"] = POOLING_TYPES[own["pooling"]]
+        llm = open_llama(path, llama_kwargs(spec, path, defaults))
         if int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_RANK:
             llm.close()
             raise LoadError(f"{path.name} is a reranking model (rank pooling), not an embedding model")
@@ -122,7 +112,7 @@ class LlamaEmbedBackend(EmbeddingBackend):
             if pending:
                 self._decode(pending, out)
         finally:
-            self.llm._ctx.kv_cache_clear()
+            private.clear_kv(self.llm)
             self.llm.reset()
         return out
 
@@ -131,14 +121,12 @@ class LlamaEmbedBackend(EmbeddingBackend):
         import llama_cpp
 
         llm = self.llm
-        llm._ctx.kv_cache_clear()
-        llm._batch.reset()
-        for seq_id, (_, tokens) in enumerate(pending):
-            llm._batch.add_sequence(tokens, seq_id, True)
-        llm._ctx.decode(llm._batch)
+        private.clear_kv(llm)
+        private.decode_sequences(llm, [tokens for _, tokens in pending])
         if self.pooling == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             total = sum(len(tokens) for _, tokens in pending)
-            per_token = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm._ctx.ctx), shape=(total * self.dim,))
+            pointer = llama_cpp.llama_get_embeddings(private.raw_context(llm))
+            per_token = np.ctypeslib.as_array(pointer, shape=(total * self.dim,))
             per_token = per_token.reshape(total, self.dim)
             start = 0
             for row, tokens in pending:
@@ -146,6 +134,5 @@ class LlamaEmbedBackend(EmbeddingBackend):
                 start += len(tokens)
         else:
             for seq_id, (row, _) in enumerate(pending):
-                pointer = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, seq_id)
+                pointer = llama_cpp.llama_get_embeddings_seq(private.raw_context(llm), seq_id)
                 out[row] = np.ctypeslib.as_array(pointer, shape=(self.dim,))
-        llm._batch.reset()

@@ -22,16 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from backends import textloop
 from backends import tools as tools_mod
-from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, Usage
-from backends.llama import CHATML_TEMPLATE
-from backends.stops import StopScanner
+from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams
+from backends.chat_template import CHATML_TEMPLATE, environment, rendering
 from backends.sampling import IncrementalDecoder, sample
 from schemas.manifest import Device, ModelSpec
 
@@ -205,13 +204,11 @@ class OnnxTextBackend(Backend):
     # -- prompts -------------------------------------------------------------
 
     def render_chat(self, messages: list[dict], **template_vars: Any) -> str:
-        try:
+        with rendering():
             if self._compiled is None:
-                self._compiled = _jinja().from_string(self.template)
+                self._compiled = environment().from_string(self.template)
             return self._compiled.render(messages=messages, add_generation_prompt=True,
                                          **{k: v or "" for k, v in self.specials.items()}, **template_vars)
-        except Exception as exc:  # jinja raises many kinds; all mean "these messages do not fit the template"
-            raise BackendError(f"the model's chat template rejected these messages: {exc}") from exc
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=special).ids
@@ -263,42 +260,25 @@ class OnnxTextBackend(Backend):
         return np.asarray(outputs[0][0, -1], dtype=np.float32), cache
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
-        if len(prompt_tokens) >= self.n_ctx:
-            raise BackendError(f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's "
-                               f"context of {self.n_ctx} tokens")
+        """The shared token loop (backends/textloop.py) over `_sample_tokens`."""
+        budget = textloop.token_budget(prompt_tokens, params.max_tokens, self.n_ctx)
         if params.grammar:
             raise BackendError("grammars are not supported by ONNX models")
-        return self._loop(list(prompt_tokens), params, cancelled)
+        prompt = list(prompt_tokens)
+        return textloop.run(prompt, self._sample_tokens(prompt, params), is_end=self.eos.__contains__,
+                            detokenizer=IncrementalDecoder(self.tokenizer, prompt), stop=params.stop, budget=budget,
+                            cancelled=cancelled)
 
-    def _loop(self, prompt: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
-        budget = min(params.max_tokens, self.n_ctx - len(prompt))
+    def _sample_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[textloop.Sampled]:
+        """One forward pass and one draw per token (the shared loop asks `cancelled()` before each)."""
         rng = np.random.default_rng(params.seed)
-        scanner = StopScanner(params.stop)
-        detok = IncrementalDecoder(self.tokenizer, prompt)
         tokens, past, new = list(prompt), self._empty_past(), len(prompt)
-        finish = "length"
-        while len(tokens) - len(prompt) < budget:
-            if cancelled():
-                finish = "cancelled"
-                break
+        while True:
             logits, past = self._forward(tokens, new, past)
             token = sample(logits, params, tokens, rng)
-            if token in self.eos:
-                finish = "stop"
-                break
+            yield token, None
             tokens.append(token)
             new = 1
-            piece = scanner.feed(detok.push(token))
-            if piece:
-                yield Delta(text=piece)
-            if scanner.matched is not None:
-                finish = "stop"
-                break
-        rest = scanner.rest(detok.flush() if scanner.matched is None else "")
-        if rest:
-            yield Delta(text=rest)
-        yield Delta(finish_reason=finish, usage=Usage(len(prompt), len(tokens) - len(prompt)),
-                    stop_sequence=scanner.matched)
 
 
 def _token_text(value: Any) -> str | None:
@@ -329,22 +309,3 @@ def _chat_template(folder: Path, tok_config: dict[str, Any]) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
     return template if isinstance(template, str) else None
-
-
-def _jinja() -> Any:
-    """The environment transformers renders chat templates in (sandboxed; tojson keeps non-ASCII)."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise BackendError(message)
-
-    def tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env

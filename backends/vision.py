@@ -31,10 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from backends import llama_private as private
 from backends import mmproj as projector
 from backends.base import BackendError, Cancelled, Delta, LoadError, SamplingParams
 from backends.image_data import NATIVE, ImageDataError, as_data_url, decode_image_url, part_url, sniff
-from backends.llama import CHATML_TEMPLATE, LlamaBackend
+from backends.chat_template import CHATML_TEMPLATE, template_error
+from backends.llama import LlamaBackend
 from schemas.manifest import Device, ModelSpec
 
 log = logging.getLogger("nexa.vision")
@@ -74,7 +76,6 @@ def _route_mtmd_log() -> None:
         if _log_callback is not None:
             return
         import llama_cpp
-        import llama_cpp.mtmd_cpp as mtmd_cpp
 
         @llama_cpp.llama_log_callback
         def callback(level: int, text: bytes, user_data: Any) -> None:
@@ -87,7 +88,7 @@ def _route_mtmd_log() -> None:
                         extra={"event": "mtmd_log"})
 
         for name in ("mtmd_log_set", "mtmd_helper_log_set"):
-            function = getattr(mtmd_cpp._libmtmd, name, None)
+            function = private.mtmd_function(name)
             if function is not None:
                 function.argtypes = [llama_cpp.llama_log_callback, ctypes.c_void_p]
                 function.restype = None
@@ -182,7 +183,7 @@ class _GatewayHandler:
             return
         import llama_cpp
 
-        mtmd = self._mtmd_cpp
+        mtmd = private.mtmd_lib(self)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = self.gateway_use_gpu
         params.print_timings = False
@@ -198,18 +199,19 @@ class _GatewayHandler:
             reason = projector.explain("".join(lines))
             raise LoadError(f"llama.cpp could not load projector {name}" + (f": {reason}" if reason else ""))
         self.mtmd_ctx = ctx
-        llama_model._stack.callback(self._free_mtmd)
+        private.on_close(llama_model, self._free_mtmd)
         if not mtmd.mtmd_support_vision(ctx):
             raise LoadError(f"projector {name} has no vision encoder")
 
     def _free_mtmd(self) -> None:
         if self.mtmd_ctx is not None:
-            self._mtmd_cpp.mtmd_free(self.mtmd_ctx)
+            private.mtmd_lib(self).mtmd_free(self.mtmd_ctx)
             self.mtmd_ctx = None
 
     def _create_bitmap_from_bytes(self, image_bytes: bytes) -> Any:
         buffer = (ctypes.c_uint8 * len(image_bytes)).from_buffer(bytearray(image_bytes))
-        bitmap = self._mtmd_cpp.mtmd_helper_bitmap_init_from_buf(self.mtmd_ctx, buffer, len(image_bytes), False)
+        mtmd = private.mtmd_lib(self)
+        bitmap = mtmd.mtmd_helper_bitmap_init_from_buf(self.mtmd_ctx, buffer, len(image_bytes), False)
         if bitmap is None:
             raise BackendError("an image could not be decoded")
         return bitmap
@@ -356,14 +358,14 @@ class VisionBackend(LlamaBackend):
                                    f"{llm.n_ctx()} tokens ({text.split(':', 1)[-1].strip()})") from None
             raise BackendError(f"the images could not be prepared: {text}") from None
         except Exception as exc:  # noqa: BLE001 - jinja raises many kinds: the messages do not fit the template
-            raise BackendError(f"the model's chat template rejected these messages: {exc}") from None
+            raise template_error(exc) from None
         close = getattr(pending, "close", None)
         if close is not None:
             close()  # the handler's own generation was never started
         n = llm.n_tokens
         if n == 0:
             raise BackendError("the prompt is empty")
-        if llm._requires_eval or int(llm.input_ids[n - 1]) == -1:
+        if private.needs_eval(llm) or int(llm.input_ids[n - 1]) == -1:
             raise BackendError("the chat template ended the prompt with an image; it must end with text")
         return llm.input_ids[:n].tolist()
 

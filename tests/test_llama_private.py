@@ -1,0 +1,56 @@
+"""llama-cpp-python's private names the gateway relies on (backends/llama_private.py) still exist,
+the `options:` of every llama.cpp use are constructor arguments or the gateway's own, and
+`llama_kwargs` layers manifest, use and options in the documented order. After an upgrade of
+llama-cpp-python, a failure here names what to re-check before anything loads a model."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from backends import llama_private as private  # noqa: E402
+from backends.llama_load import GATEWAY_OPTIONS, llama_kwargs  # noqa: E402
+from backends.options import LlamaEmbedOptions, LlamaOptions, VisionOptions  # noqa: E402
+from schemas.manifest import Device, ModelSpec  # noqa: E402
+
+
+def has(cls: type, name: str) -> bool:
+    """A method or property of `cls`, or an attribute its code assigns."""
+    return hasattr(cls, name) or f"self.{name} =" in inspect.getsource(cls)
+
+
+def test_the_private_names_still_exist():
+    from llama_cpp import _internals, llama_chat_format, mtmd_cpp
+
+    assert llama_cpp.__version__ == private.CHECKED_VERSION, "re-read backends/llama_private.py against this version"
+    for cls, names in ((llama_cpp.Llama, ("_init_sampler", "_ctx", "_model", "_batch", "_stack", "_requires_eval")),
+                       (_internals.LlamaModel, ("token_get_text", "n_ctx_train", "vocab")),
+                       (_internals.LlamaContext, ("get_logits", "kv_cache_clear", "decode", "ctx")),
+                       (_internals.LlamaBatch, ("reset", "add_sequence")),
+                       (llama_chat_format.MTMDChatHandler, ("_mtmd_cpp", "mtmd_ctx"))):
+        assert [n for n in names if not has(cls, n)] == [], cls
+    assert "model" in inspect.signature(_internals.LlamaContext).parameters
+    assert hasattr(mtmd_cpp, "_libmtmd")
+    for hook in ("_init_mtmd_context", "_create_bitmap_from_bytes", "load_image", "_get_chat_template",
+                 "_get_template_messages"):  # overridden by backends/vision.py's _GatewayHandler
+        assert hasattr(llama_chat_format.MTMDChatHandler, hook)
+
+
+@pytest.mark.parametrize("options", [LlamaOptions, VisionOptions, LlamaEmbedOptions])
+def test_every_llama_option_is_a_constructor_argument_or_the_gateways_own(options):
+    accepted = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
+    assert set(options.model_fields) - accepted <= GATEWAY_OPTIONS
+
+
+def test_llama_kwargs_layers_manifest_defaults_options_and_fixed():
+    spec = ModelSpec(name="m", source="x.gguf", nctx=512, n_threads=3, device=Device.cpu,
+                     options={"n_batch": 64, "verbose": True, "chat_template": "{{x}}", "pooling": "mean"})
+    kwargs = llama_kwargs(spec, Path("/m/x.gguf"), {"n_batch": 512, "embedding": True}, n_ctx=32)
+    assert kwargs == {"model_path": "/m/x.gguf", "n_ctx": 32, "n_gpu_layers": 0, "verbose": True, "n_threads": 3,
+                      "n_threads_batch": 3, "n_batch": 64, "embedding": True}
+    assert llama_kwargs(spec.model_copy(update={"options": {}, "n_threads": None}), Path("x")) == {
+        "model_path": "x", "n_ctx": 512, "n_gpu_layers": 0, "verbose": False}
