@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from backends.base import Backend, LoadError, backend_for
-from gateway import hub, metrics
+from gateway import batcher, hub, metrics
 from gateway.channel import Channel
-from gateway.jobs import Job, fail, pump, settle
+from gateway.jobs import Job, deliver, fail, pump, settle
 from schemas.manifest import ModelSpec
 
 if TYPE_CHECKING:
@@ -171,14 +171,20 @@ class ModelHandle:
             reported(exc)
         else:
             reported(None)
+        gatherer = batcher.Gatherer(jobs, lambda gathered: self.admitted - self.running - jobs.qsize() > gathered)
+        taken: list[Job | None] = []  # a job the gatherer took that runs next
         while True:
-            job = jobs.get()
+            job = taken.pop() if taken else jobs.get()
             if job is None:
                 break
             if backend is None or self.state == ModelState.failed:
                 fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
                 continue
-            self._execute(backend, job)
+            if job.batch is not None and job.future is not None:
+                group, taken = gatherer.gather(job)
+                self._execute_batch(backend, group)
+            else:
+                self._execute(backend, job)
         if backend is not None:
             backend.close()
 
@@ -273,6 +279,22 @@ class ModelHandle:
         finally:
             self.running -= 1
 
+    def _execute_batch(self, backend: Backend, group: list[Job]) -> None:
+        """Mergeable jobs (gateway.batcher) in one engine call; expired and abandoned ones are skipped."""
+        live = []
+        for job in group:
+            if time.monotonic() > job.deadline:
+                self._execute(backend, job)  # answers queue_timeout
+            elif not job.future.cancelled():
+                live.append(job)
+        if not live:
+            return
+        self.running += len(live)
+        try:
+            batcher.run(self.loop, backend, live, deliver)
+        finally:
+            self.running -= len(live)
+
     def _submit(self, job: Job) -> None:
         if not any(t.is_alive() for t in self._threads):
             raise ModelUnavailable(f"model {self.name!r} is not running")
@@ -289,20 +311,21 @@ class ModelHandle:
             handle = handle.successor
         return handle
 
-    async def call(self, work: Callable[[Backend], Any]) -> Any:
-        """Run `work(backend)` on a replica thread and return its result."""
+    async def call(self, work: Callable[[Backend], Any], batch: "batcher.Batch | None" = None) -> Any:
+        """Run `work(backend)` on a replica thread and return its result. With `batch`, the
+        thread may instead run it merged with other queued jobs of its key (gateway.batcher)."""
         target = self.current()
         if target is not self:
-            return await target.call(work)
+            return await target.call(work, batch)
         self._admit()
         started = time.monotonic()
         submitted = False
         try:
             await self.ready()
             if self.retired:
-                return await self.current().call(work)
+                return await self.current().call(work, batch)
             future = self.loop.create_future()
-            self._submit(Job(work, started + self.spec.queue_timeout_s, future=future))
+            self._submit(Job(work, started + self.spec.queue_timeout_s, future=future, batch=batch))
             submitted = True
             timeout = self.spec.timeout_s
             try:

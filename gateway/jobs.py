@@ -22,6 +22,7 @@ class Job:
     future: asyncio.Future | None = None
     channel: Channel | None = None
     enqueued: float = field(default_factory=time.monotonic)
+    batch: Any = None  # a gateway.batcher.Batch: may share one engine call with queued jobs of its key
 
 
 def settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callable, backend: Backend) -> None:
@@ -31,6 +32,14 @@ def settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callab
         loop.call_soon_threadsafe(set_exception, future, exc)
     else:
         loop.call_soon_threadsafe(set_result, future, result)
+
+
+def deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Any) -> None:
+    """Hand a result, or an exception, computed on a model thread to the awaiting request."""
+    if isinstance(outcome, BaseException):
+        loop.call_soon_threadsafe(set_exception, future, outcome)
+    else:
+        loop.call_soon_threadsafe(set_result, future, outcome)
 
 
 def pump(channel: Channel, work: Callable, backend: Backend) -> None:
