@@ -11,7 +11,15 @@ from gateway.http import HTTPError, Request
 
 
 def parse_body(model: type[BaseModel], request: Request) -> Any:
-    data = request.json_object()
+    return validate(model, request.json_object())
+
+
+def parse_query(model: type[BaseModel], request: Request) -> Any:
+    """Query parameters (the last value of each) checked against `model`, with the same 400s as bodies."""
+    return validate(model, {name: values[-1] for name, values in request.query.items()})
+
+
+def validate(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -36,9 +36,9 @@ from backends.base import Backend, BackendError
 from backends.embeddings import EmbedResult, l2_normalize
 from gateway import metrics
 from gateway.batcher import Batch
-from gateway.http import HTTPError, Request, Response
+from gateway.http import HTTPError, Request, Response, Route
 from gateway.routes.common import parse_body
-from schemas.embeddings import EmbeddingRequest
+from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -139,5 +139,5 @@ def _single(backend: Backend, item: Pending) -> bytes:
 
 
 ROUTES = [
-    ("POST", "/v1/embeddings", "embed", embeddings),
+    Route("POST", "/v1/embeddings", "embed", embeddings, request=EmbeddingRequest, response=EmbeddingResponse),
 ]
