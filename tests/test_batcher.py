@@ -122,3 +122,20 @@ def test_run_settles_each_job_with_its_own_outcome():
         assert all(isinstance(j.future.exception(), RuntimeError) for j in group)
     finally:
         loop.close()
+
+
+def test_manifest_settings_have_bounds_and_apply_without_a_reload():
+    from pydantic import ValidationError
+
+    from gateway.plan import diff
+    from schemas.manifest import Manifest, ModelSpec
+
+    spec = ModelSpec(name="e", source="all-minilm-l6-v2", type="TEXT_EMBEDDING", format="onnx")
+    assert (spec.embed_batch_max, spec.embed_batch_wait_ms) == (64, 2.0)
+    for bad in ({"embed_batch_max": 0}, {"embed_batch_wait_ms": -1}):
+        with pytest.raises(ValidationError):
+            ModelSpec(name="e", source="x", **bad)
+    old = Manifest(models=[spec])
+    new = Manifest(models=[spec.model_copy(update={"embed_batch_max": 8, "embed_batch_wait_ms": 0})])
+    plan = diff(old, new)
+    assert plan.update == ["e"] and plan.replace == [], "read per request: no new weights needed"
