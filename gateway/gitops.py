@@ -74,7 +74,9 @@ def openapi_document(config: str | None, everything: bool) -> dict[str, Any]:
             return frozenset()
 
     auth = bool(manifest.server.api_keys or manifest.server.api_keys_file)
-    return openapi.document(routes.TABLE, openapi.offered(capabilities(s) for s in manifest.models), auth=auth)
+    hidden = openapi.playground_paths(manifest.server.playground)
+    return openapi.document(routes.TABLE, openapi.offered((capabilities(s) for s in manifest.models), hidden),
+                            auth=auth)
 
 
 def schema(args: argparse.Namespace) -> int:

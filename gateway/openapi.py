@@ -161,7 +161,15 @@ def document(table: Iterable[Route], served: Callable[[Route], bool] | None = No
     return doc
 
 
-def offered(capability_sets: Iterable[Iterable[str]]) -> Callable[[Route], bool]:
-    """The filter for the routes a set of models serves (the routes the gateway wires)."""
-    capabilities = set().union(*capability_sets)
-    return lambda route: route.capability is None or route.capability in capabilities
+def offered(capability_sets: Iterable[Iterable[str]], hidden: Iterable[str] = ()) -> Callable[[Route], bool]:
+    """The filter for the routes a set of models serves (the routes the gateway wires), less the
+    `hidden` paths (the playground's, when it is turned off)."""
+    capabilities, hidden = set().union(*capability_sets), set(hidden)
+    return lambda route: (route.capability is None or route.capability in capabilities) and route.path not in hidden
+
+
+def playground_paths(enabled: bool) -> list[str]:
+    """The paths to leave out of a document when the playground is off (they answer 404 then)."""
+    from gateway.routes import playground
+
+    return [] if enabled else [Route(*route).path for route in playground.ROUTES]

@@ -59,6 +59,9 @@ def test_only_the_served_routes_unless_all():
     assert "/v1/embeddings" in doc["paths"] and "/health" in doc["paths"] and "/openapi.json" in doc["paths"]
     assert "/v1/chat/completions" not in doc["paths"] and "/v1/txt2img" not in doc["paths"]
     assert "ChatRequest" not in doc["components"]["schemas"]
+    without_playground = openapi.document(routes.TABLE, openapi.offered([{"embed"}], openapi.playground_paths(False)))
+    assert "/playground" not in without_playground["paths"] and "/static/{name}" not in without_playground["paths"]
+    assert "/playground" in doc["paths"] and openapi.playground_paths(True) == []
 
 
 async def _handler(gw, request):

@@ -31,7 +31,8 @@ async def openapi_document(gw: "Gateway", request: Request) -> Response:
     from gateway import routes
 
     query = parse_query(DocumentQuery, request)
-    served = None if query.all else openapi.offered(h.capabilities for h in gw.pool)
+    hidden = openapi.playground_paths(gw.manifest.server.playground)
+    served = None if query.all else openapi.offered((h.capabilities for h in gw.pool), hidden)
     return json_response(openapi.document(routes.TABLE, served, auth=gw.auth.enabled))
 
 
