@@ -112,25 +112,26 @@ class EmbeddingBackend(Backend):
             raise result
         return EmbedResult(l2_normalize(result.vectors), result.prompt_tokens) if normalize else result
 
-    def embed_many(self, requests: list[tuple[list[str] | list[list[int]], bool]]) -> list[EmbedResult | BackendError]:
+    def embed_many(self, requests: list[tuple[list[str] | list[list[int]], bool]]) -> list[EmbedResult | Exception]:
         """Several requests' `(inputs, truncate)` in one engine call (the gateway's micro-batches).
 
-        Each request is checked, tokenized and truncated on its own, so a bad one
-        (an over-long input with `truncate: false`) gets its own BackendError and the
+        Each request is checked, tokenized and truncated on its own, so a bad one (an
+        over-long input with `truncate: false`: a BackendError; text its tokenizer
+        cannot take: whatever the tokenizer raised) gets its own exception and the
         others still run; the vectors come back unnormalized, split per request, and
         the token counts are each request's own: what it would get alone."""
-        prepared: list[list[list[int]] | BackendError] = []
+        prepared: list[list[list[int]] | Exception] = []
         for inputs, truncate in requests:
             try:
                 prepared.append(self.sequences(inputs, truncate))
-            except BackendError as exc:
+            except Exception as exc:  # noqa: BLE001 - this request's failure, not its batch-mates'
                 prepared.append(exc)
-        flat = [seq for item in prepared if not isinstance(item, BackendError) for seq in item]
+        flat = [seq for item in prepared if not isinstance(item, Exception) for seq in item]
         vectors = self._checked_forward(flat) if flat else np.empty((0, self.dim), dtype=np.float32)
-        results: list[EmbedResult | BackendError] = []
+        results: list[EmbedResult | Exception] = []
         start = 0
         for item in prepared:
-            if isinstance(item, BackendError):
+            if isinstance(item, Exception):
                 results.append(item)
                 continue
             results.append(EmbedResult(vectors[start:start + len(item)], sum(len(seq) for seq in item)))

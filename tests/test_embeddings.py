@@ -229,6 +229,9 @@ def test_embed_many_answers_each_request_as_alone(which, request):
         assert np.all(cosine(got.vectors, alone.vectors) > 1 - 1e-6)
     assert isinstance(merged[2], BackendError) and "input[1] is 602 tokens" in str(merged[2])
     assert merged[3].prompt_tokens == 512
+    # Text the tokenizer cannot take (a lone surrogate) fails its own request only, never its batch-mates.
+    broken, fine = backend.embed_many([(["a\ud800b"], True), (["one more sentence"], True)])
+    assert isinstance(broken, Exception) and fine.prompt_tokens == merged[1].prompt_tokens
 
 
 def test_chunks():

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from backends.base import Backend, BackendError
+from backends.base import Backend
 from backends.embeddings import EmbedResult, l2_normalize
 from gateway import metrics
 from gateway.batcher import Batch
@@ -116,7 +116,7 @@ def run_batch(backend: Backend, items: list[Pending]) -> list[bytes | BaseExcept
 def _alone(backend: Backend, inputs: list, truncate: bool) -> EmbedResult | BaseException:
     try:
         return backend.embed(inputs, normalize=False, truncate=truncate)
-    except BackendError as exc:
+    except Exception as exc:  # noqa: BLE001 - this request's failure (e.g. an upstream's), not its batch-mates'
         return exc
 
 
