@@ -3,7 +3,10 @@
 The contract: `embed(inputs, normalize, truncate) -> EmbedResult`, where
 `inputs` is either a list of strings or a list of token-id lists (never a
 mix: the HTTP layer has already told them apart). The whole list is one
-engine call, so a request of 64 sentences costs one forward pass, not 64.
+engine call, so a request of 64 sentences costs one forward pass, not 64;
+`embed_many` runs several requests in one call (the gateway's micro-batches,
+gateway/batcher.py) with each request's answer what it would be alone.
+Texts are tokenized once: the ids that are counted are the ids that run.
 
 Token counts are the engine tokenizer's own, special tokens included, after
 truncation: what the model really processed. Vectors come out of the engine
@@ -100,33 +103,68 @@ class EmbeddingBackend(Backend):
             return ids[:self.max_tokens - len(self.suffix)] + self.suffix
         return ids[:self.max_tokens]
 
-    # -- the one entry point -------------------------------------------------
+    # -- the entry points -------------------------------------------------------
 
     def embed(self, inputs: list[str] | list[list[int]], normalize: bool = False, truncate: bool = True) -> EmbedResult:
+        """One request's inputs in one engine call."""
+        result = self.embed_many([(inputs, truncate)])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return EmbedResult(l2_normalize(result.vectors), result.prompt_tokens) if normalize else result
+
+    def embed_many(self, requests: list[tuple[list[str] | list[list[int]], bool]]) -> list[EmbedResult | Exception]:
+        """Several requests' `(inputs, truncate)` in one engine call (the gateway's micro-batches).
+
+        Each request is checked, tokenized and truncated on its own, so a bad one (an
+        over-long input with `truncate: false`: a BackendError; text its tokenizer
+        cannot take: whatever the tokenizer raised) gets its own exception and the
+        others still run; the vectors come back unnormalized, split per request, and
+        the token counts are each request's own: what it would get alone."""
+        prepared: list[list[list[int]] | Exception] = []
+        for inputs, truncate in requests:
+            try:
+                prepared.append(self.sequences(inputs, truncate))
+            except Exception as exc:  # noqa: BLE001 - this request's failure, not its batch-mates'
+                prepared.append(exc)
+        flat = [seq for item in prepared if not isinstance(item, Exception) for seq in item]
+        vectors = self._checked_forward(flat) if flat else np.empty((0, self.dim), dtype=np.float32)
+        results: list[EmbedResult | Exception] = []
+        start = 0
+        for item in prepared:
+            if isinstance(item, Exception):
+                results.append(item)
+                continue
+            results.append(EmbedResult(vectors[start:start + len(item)], sum(len(seq) for seq in item)))
+            start += len(item)
+        return results
+
+    def sequences(self, inputs: list[str] | list[list[int]], truncate: bool) -> list[list[int]]:
+        """The token sequences the engine will run for one request: special tokens added,
+        fitted to `max_tokens`; their lengths are the request's token count."""
         if not inputs:
             raise BackendError("input is empty")
         if isinstance(inputs[0], str):
             for index, text in enumerate(inputs):
                 if not text:
                     raise BackendError(f"input[{index}] is an empty string")
-            vectors, tokens = self._embed_texts(list(inputs), truncate)
-        else:
-            sequences = []
-            for index, ids in enumerate(inputs):
-                self.check_ids(index, ids)
-                sequences.append(self.fit(index, self.frame_ids(list(ids)), truncate))
-            vectors, tokens = self._forward(sequences), sum(len(s) for s in sequences)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape[0] != len(inputs):
-            raise RuntimeError(f"the engine returned {vectors.shape[0]} vectors for {len(inputs)} inputs")
+            return self._text_sequences(list(inputs), truncate)
+        sequences = []
+        for index, ids in enumerate(inputs):
+            self.check_ids(index, ids)
+            sequences.append(self.fit(index, self.frame_ids(list(ids)), truncate))
+        return sequences
+
+    def _checked_forward(self, sequences: list[list[int]]) -> np.ndarray:
+        vectors = np.asarray(self._forward(sequences), dtype=np.float32)
+        if vectors.shape[0] != len(sequences):
+            raise RuntimeError(f"the engine returned {vectors.shape[0]} vectors for {len(sequences)} inputs")
         if not np.isfinite(vectors).all():
             raise RuntimeError("the engine returned non-finite values (NaN or infinity)")
-        return EmbedResult(l2_normalize(vectors) if normalize else vectors, tokens)
+        return vectors
 
-    def _embed_texts(self, texts: list[str], truncate: bool) -> tuple[np.ndarray, int]:
-        """Default: tokenize here, then the same path as token ids."""
-        sequences = [self.fit(i, ids, truncate) for i, ids in enumerate(self._tokenize(texts))]
-        return self._forward(sequences), sum(len(s) for s in sequences)
+    def _text_sequences(self, texts: list[str], truncate: bool) -> list[list[int]]:
+        """Default: the engine's tokenizer, then the same fitting as token ids."""
+        return [self.fit(i, ids, truncate) for i, ids in enumerate(self._tokenize(texts))]
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError

@@ -14,12 +14,14 @@ to the real files plus a fixed tokenizer_config.json) is loaded instead, with
 the limit from `options.max_length`, config.json's `max_position_embeddings`,
 or 512. The model cache itself is never modified.
 
-Text inputs go through `TextEmbedding.embed` with the whole request as one
-batch (one ONNX run), unless padding it would exceed `max_batch_tokens`
-(default 8192 padded tokens, e.g. 16 inputs of 512 tokens or 512 of 16): then
-it runs in as few consecutive chunks as fit. Token-id inputs are fed directly to the same ONNX
-session (no decode/re-encode round trip, which is lossy for [UNK] and casing)
-and pooled the same way.
+Text inputs are tokenized once by fastembed's own tokenizer (its truncation,
+no padding); those ids, like token-id inputs (no decode/re-encode round trip,
+which is lossy for [UNK] and casing), are fed directly to fastembed's ONNX
+session and pooled as fastembed pools (`TextEmbedding.embed` would tokenize a
+second time). A request (or a micro-batch of requests) is one ONNX run, unless
+padding it would exceed `max_batch_tokens` (default 8192 padded tokens, e.g.
+16 inputs of 512 tokens or 512 of 16): then it runs in as few consecutive
+chunks as fit.
 
 Manifest options: `model_file`, `pooling` (mean | cls | none, default mean),
 `output_name`, `max_length`, `max_batch_tokens`, `normalize` (the default when
@@ -156,6 +158,7 @@ class FastembedBackend(EmbeddingBackend):
         self._shadow = shadow
         self.tokenizer = engine.model.tokenizer  # fastembed's own: truncating, batch-longest padding
         self._untruncated = None
+        self._unpadded = self._clone(truncating=True)
         self.max_batch_tokens = MAX_BATCH_TOKENS
         self.max_tokens = int(self.tokenizer.truncation["max_length"])
         self.n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -215,6 +218,7 @@ class FastembedBackend(EmbeddingBackend):
         self.tokenizer.enable_truncation(max_length=limit, direction=direction)
         self.max_tokens = limit
         self._untruncated = None
+        self._unpadded = self._clone(truncating=True)
 
     def providers(self) -> list[str]:
         return list(self.engine.model.model.get_providers())
@@ -230,29 +234,32 @@ class FastembedBackend(EmbeddingBackend):
 
     # -- engine calls ----------------------------------------------------------
 
+    def _clone(self, truncating: bool) -> Any:
+        """fastembed's tokenizer without padding (we pad in `_run_ids`), with or without its truncation."""
+        from tokenizers import Tokenizer
+
+        clone = Tokenizer.from_str(self.tokenizer.to_str())
+        clone.no_padding()
+        if not truncating:
+            clone.no_truncation()
+        return clone
+
     def _full_length(self, text: str) -> int:
         if self._untruncated is None:
-            from tokenizers import Tokenizer
-
-            self._untruncated = Tokenizer.from_str(self.tokenizer.to_str())
-            self._untruncated.no_truncation()
-            self._untruncated.no_padding()
+            self._untruncated = self._clone(truncating=False)
         return len(self._untruncated.encode(text).ids)
 
-    def _embed_texts(self, texts: list[str], truncate: bool) -> tuple[np.ndarray, int]:
-        encodings = self.tokenizer.encode_batch(texts)
-        lengths = []
-        for index, encoding in enumerate(encodings):
+    def _text_sequences(self, texts: list[str], truncate: bool) -> list[list[int]]:
+        """One tokenization (fastembed's tokenizer, unpadded): its ids are both what is
+        counted and what runs through the ONNX session (`_run_ids`, pooled as fastembed pools)."""
+        sequences = []
+        for index, encoding in enumerate(self._unpadded.encode_batch(texts)):
             if encoding.overflowing and not truncate:
                 raise BackendError(
                     f"input[{index}] is {self._full_length(texts[index])} tokens long, more than this model's "
                     f"maximum of {self.max_tokens}; shorten it or send \"truncate\": true")
-            lengths.append(sum(encoding.attention_mask))
-        # A request is one batch, one ONNX run inside fastembed, unless it is too big to pad into one.
-        vectors: list[np.ndarray] = []
-        for chunk in chunks(lengths, self.max_batch_tokens):
-            vectors.extend(self.engine.embed(texts[chunk.start:chunk.stop], batch_size=len(chunk)))
-        return np.stack(vectors).astype(np.float32, copy=False), sum(lengths)
+            sequences.append(encoding.ids)
+        return sequences
 
     def _forward(self, sequences: list[list[int]]) -> np.ndarray:
         parts = [self._run_ids(sequences[c.start:c.stop])

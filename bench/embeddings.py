@@ -1,8 +1,14 @@
 """Gateway overhead for embeddings: sentences per second through `POST /v1/embeddings`
-(batches of 1 and of 64) vs. fastembed called in-process, same model (the bundled
-all-MiniLM-L6-v2 ONNX), same onnxruntime threads, same sentences.
+(batches of 1 and of 64; and 8 or 32 concurrent clients of one sentence each, which the
+gateway merges into shared engine calls) vs. fastembed called in-process, same model (the
+bundled all-MiniLM-L6-v2 ONNX), same onnxruntime threads, same sentences.
 
-    .venv/bin/python bench/embeddings.py [--rounds 7] [--threads 1]
+    .venv/bin/python bench/embeddings.py [--rounds 7] [--threads 1] [--clients 1,8,32]
+
+The concurrent rows compare with fastembed's in-process single-sentence rate (one
+sentence per call, one call after another: what a service embedding requests one at a
+time would get), and print how many requests the gateway merged per engine call
+(from its `nexa_embedding_batch_requests` histogram).
 
 The in-process side is fastembed as an application would use it: the same local folder
 registered as a custom model (mean pooling, no normalization, as the gateway registers
@@ -15,6 +21,7 @@ compared once (cosine similarity).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import sys
 import time
@@ -64,6 +71,38 @@ def run_gateway(client: httpx.Client, url: str, batch: list[str], encoding: str)
     return np.array([d["embedding"] for d in data], dtype=np.float32)
 
 
+def run_concurrent(url: str, clients: int, requests: int) -> float:
+    """Sentences per second with `clients` concurrent clients, each sending one sentence per request
+    and its next request as soon as its answer arrives, `requests` requests in all."""
+    async def go() -> float:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            counter = iter(range(requests))
+
+            async def one_client() -> None:
+                for i in counter:
+                    r = await client.post(url + "/v1/embeddings", json={
+                        "model": "all-minilm-l6-v2", "input": SENTENCES[i % len(SENTENCES)]})
+                    r.raise_for_status()
+                    np.array(r.json()["data"][0]["embedding"], dtype=np.float32)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one_client() for _ in range(clients)))
+            return requests / (time.perf_counter() - started)
+
+    return asyncio.run(go())
+
+
+def merged_per_call(client: httpx.Client, url: str) -> tuple[float, float]:
+    """(engine calls, requests) so far, from the gateway's batch-size histogram."""
+    values = {"count": 0.0, "sum": 0.0}
+    for line in client.get(url + "/metrics").text.splitlines():
+        for kind in values:
+            if line.startswith(f"nexa_embedding_batch_requests_{kind}{{"):
+                values[kind] += float(line.rsplit(" ", 1)[1])
+    return values["count"], values["sum"]
+
+
 def timed(fn, batches: list[list[str]]) -> float:
     """Sentences per second over `batches`, run one after another."""
     started = time.perf_counter()
@@ -76,7 +115,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads on both sides")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent single-sentence clients (gateway side)")
+    parser.add_argument("--requests", type=int, default=128, help="requests per concurrent measurement")
     args = parser.parse_args()
+    concurrency = [int(c) for c in args.clients.split(",") if c.strip()]
     from gateway import hub
     from schemas.manifest import ModelSpec
 
@@ -94,6 +136,8 @@ def main() -> None:
     }
     rates: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], float] = {}  # CPU seconds per sentence, summed over rounds
+    together: dict[int, list[float]] = {}  # concurrent clients -> gateway sentences/s per round
+    per_call: dict[int, list[float]] = {}  # concurrent clients -> requests merged per engine call
     pids = server.pids()
     try:
         with httpx.Client(timeout=120) as client:
@@ -115,6 +159,11 @@ def main() -> None:
                                                                  if side == "gateway" else 0.0)
                         rates.setdefault((case, side), []).append(rate)
                         cpu[(case, side)] = cpu.get((case, side), 0.0) + spent / sum(len(b) for b in batches)
+                for clients in concurrency:
+                    calls, requests = merged_per_call(client, server.url)
+                    together.setdefault(clients, []).append(run_concurrent(server.url, clients, args.requests))
+                    calls_after, requests_after = merged_per_call(client, server.url)
+                    per_call.setdefault(clients, []).append((requests_after - requests) / max(1, calls_after - calls))
     finally:
         server.stop()
     print(f"machine at end:   {machine()}")
@@ -127,6 +176,14 @@ def main() -> None:
                  "in-process CPU ms/sent", "gateway CPU ms/sent (server + client)"], rows))
     print(f"\nmedians of {args.rounds} rounds per side, alternating; threads {args.threads}; "
           f"lowest cosine similarity between the two sides' vectors: {cosine:.6f}")
+    if concurrency:
+        single = median(rates[("batch 1 (64 requests)", "in-process")])
+        rows = [[f"{clients} concurrent clients x 1 sentence", single, median(together[clients]),
+                 median(together[clients]) / single, median(per_call[clients])] for clients in concurrency]
+        print()
+        print(table(["workload", "fastembed in-process sent/s (1 per call)", "nexa gateway sent/s", "ratio",
+                     "requests per engine call"], rows))
+        print(f"\n{args.requests} requests per measurement, medians of {args.rounds} rounds")
 
 
 if __name__ == "__main__":

@@ -72,9 +72,39 @@ def schema_document() -> dict[str, Any]:
     return schema
 
 
+def openapi_document(config: str | None, everything: bool) -> dict[str, Any]:
+    """The OpenAPI document a gateway serving `config` publishes (every route without one, or with `everything`)."""
+    from backends.base import LoadError, backend_for
+    from gateway import openapi, routes
+
+    if config is None or everything:
+        return openapi.document(routes.TABLE)
+    manifest = load_file(config)
+
+    def capabilities(spec: Any) -> frozenset[str]:
+        try:
+            return backend_for(spec).capabilities
+        except LoadError:
+            return frozenset()
+
+    auth = bool(manifest.server.api_keys or manifest.server.api_keys_file)
+    hidden = openapi.playground_paths(manifest.server.playground)
+    return openapi.document(routes.TABLE, openapi.offered((capabilities(s) for s in manifest.models), hidden),
+                            auth=auth)
+
+
 def schema(args: argparse.Namespace) -> int:
-    """`nexa schema`: print the JSON Schema (for editors' YAML language servers and CI linters)."""
-    text = json.dumps(schema_document(), indent=2) + "\n"
+    """`nexa schema`: print the manifest's JSON Schema (for editors' YAML language servers and CI
+    linters), or with `--openapi` the gateway's OpenAPI document (for client generators)."""
+    if getattr(args, "openapi", False):
+        try:
+            document = openapi_document(args.config, args.all)
+        except ManifestError as exc:
+            sys.stderr.write(exc.report())
+            return 2
+    else:
+        document = schema_document()
+    text = json.dumps(document, indent=2) + "\n"
     output = getattr(args, "output", None)
     if output:
         Path(output).write_text(text, encoding="utf-8")
@@ -242,6 +272,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     """The flags of `nexa schema` and `nexa plan`, so cli.py only names the subcommand."""
     if command == "schema":
         parser.add_argument("-o", "--output", metavar="FILE", help="write the schema to FILE instead of stdout")
+        parser.add_argument("--openapi", action="store_true",
+                            help="the gateway's OpenAPI 3.1 document instead (what GET /openapi.json serves)")
+        parser.add_argument("-c", "--config", metavar="FILE",
+                            help="with --openapi: only the routes this manifest serves (default: every route)")
+        parser.add_argument("--all", action="store_true", help="with --openapi and -c: every route anyway")
         return
     parser.add_argument("-c", "--config", metavar="FILE", required=True, help="the new manifest")
     parser.add_argument("--against", metavar="OLD", required=True,

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 from backends.base import Backend, LoadError, backend_for
-from gateway import hub, metrics, worker
+from gateway import batcher, hub, metrics, worker
 from gateway.channel import Channel
-from gateway.jobs import Job, fail, pump, settle
+from gateway.jobs import Job, deliver, fail, pump, settle
 from schemas.manifest import ModelSpec
 
 if TYPE_CHECKING:
@@ -198,14 +198,21 @@ class ModelHandle:
             backend.close()
 
     def _serve(self, backend: Backend | None, jobs: queue.Queue) -> None:
+        # Embedding jobs queued behind this one may be merged into one engine call (gateway.batcher).
+        gatherer = batcher.Gatherer(jobs, lambda gathered: self.admitted - self.running - jobs.qsize() > gathered)
+        taken: list[Job | None] = []  # a job the gatherer took that runs next
         while True:
-            job = jobs.get()
+            job = taken.pop() if taken else jobs.get()
             if job is None:
                 break
             if backend is None or self.state == ModelState.failed:
                 fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
                 continue
-            self._execute(backend, job)
+            if job.batch is not None and job.future is not None:
+                group, taken = gatherer.gather(job)
+                self._execute_batch(backend, group)
+            else:
+                self._execute(backend, job)
 
     @property
     def slots(self) -> int:
@@ -321,6 +328,24 @@ class ModelHandle:
             with self._count:
                 self.running -= 1
 
+    def _execute_batch(self, backend: Backend, group: list[Job]) -> None:
+        """Mergeable jobs (gateway.batcher) in one engine call; expired and abandoned ones are skipped."""
+        live = []
+        for job in group:
+            if time.monotonic() > job.deadline:
+                self._execute(backend, job)  # answers queue_timeout
+            elif not job.future.cancelled():
+                live.append(job)
+        if not live:
+            return
+        with self._count:
+            self.running += len(live)
+        try:
+            batcher.run(self.loop, backend, live, deliver)
+        finally:
+            with self._count:
+                self.running -= len(live)
+
     def _submit(self, job: Job) -> None:
         if not any(t.is_alive() for t in self._threads):
             raise ModelUnavailable(f"model {self.name!r} is not running")
@@ -337,20 +362,21 @@ class ModelHandle:
             handle = handle.successor
         return handle
 
-    async def call(self, work: Callable[[Backend], Any]) -> Any:
-        """Run `work(backend)` on a replica thread and return its result."""
+    async def call(self, work: Callable[[Backend], Any], batch: "batcher.Batch | None" = None) -> Any:
+        """Run `work(backend)` on a replica thread and return its result. With `batch`, the
+        thread may instead run it merged with other queued jobs of its key (gateway.batcher)."""
         target = self.current()
         if target is not self:
-            return await target.call(work)
+            return await target.call(work, batch)
         self._admit()
         started = time.monotonic()
         submitted = False
         try:
             await self.ready()
             if self.retired:
-                return await self.current().call(work)
+                return await self.current().call(work, batch)
             future = self.loop.create_future()
-            self._submit(Job(work, started + self.spec.queue_timeout_s, future=future))
+            self._submit(Job(work, started + self.spec.queue_timeout_s, future=future, batch=batch))
             submitted = True
             timeout = self.spec.timeout_s
             try:

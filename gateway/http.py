@@ -12,7 +12,7 @@ import re
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 from urllib.parse import parse_qs
 
 from gateway.redact import scrub
@@ -169,6 +169,25 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
+
+
+class Route(NamedTuple):
+    """One entry of the route table (the `ROUTES` list of a gateway/routes module), with its contract.
+
+    `request` and `response` name the bodies for the OpenAPI document (gateway/openapi.py):
+    a pydantic model (or any type pydantic can describe) is a JSON body; `{media type: type or
+    None}` names other or several media types (None: any content); `response` may also be
+    `{status: ...}`. Left out (None), the document shows a generic body. `query` is a pydantic
+    model of the query parameters. A plain `(method, path, capability, handler)` tuple is a
+    Route without a declared contract, so registering one is still one line."""
+
+    method: str
+    path: str
+    capability: str | None  # what a declared model must offer for the route to be served
+    handler: Callable[..., Awaitable[Any]]
+    request: Any = None
+    response: Any = None
+    query: Any = None
 
 
 class Router:

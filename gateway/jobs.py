@@ -23,6 +23,7 @@ class Job:
     future: asyncio.Future | None = None
     channel: Channel | None = None
     enqueued: float = field(default_factory=time.monotonic)
+    batch: Any = None  # a gateway.batcher.Batch: may share one engine call with queued jobs of its key
 
 
 _running = threading.local()  # the replica thread's current job: is anybody still waiting for it?
@@ -46,6 +47,14 @@ def settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, work: Callab
         loop.call_soon_threadsafe(set_result, future, result)
     finally:
         _running.abandoned = None
+
+
+def deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Any) -> None:
+    """Hand a result, or an exception, computed on a model thread to the awaiting request."""
+    if isinstance(outcome, BaseException):
+        loop.call_soon_threadsafe(set_exception, future, outcome)
+    else:
+        loop.call_soon_threadsafe(set_result, future, outcome)
 
 
 def pump(channel: Channel, work: Callable, backend: Backend) -> None:

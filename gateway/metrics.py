@@ -24,6 +24,10 @@ LOADS = Counter("nexa_model_loads_total", "Model loads by outcome", ["model", "o
 UNLOADS = Counter("nexa_model_unloads_total", "Model unloads by reason", ["model", "reason"], registry=REGISTRY)
 LOAD_SECONDS = Histogram("nexa_model_load_seconds", "Model load duration", ["model"], registry=REGISTRY,
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+EMBED_BATCH = Histogram("nexa_embedding_batch_requests", "Embedding requests merged into one engine call",
+                        ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+EMBED_BATCH_INPUTS = Histogram("nexa_embedding_batch_inputs", "Inputs (texts or token lists) per embedding engine call",
+                               ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 2048))
 RELOADS = Counter("nexa_manifest_reloads_total", "Manifest reloads by outcome", ["outcome"], registry=REGISTRY)
 
 

@@ -14,8 +14,9 @@ from gateway.http import HTTPError, Request
 from schemas.manifest import ApiKey, ServerSettings
 
 # Paths that never need a key: probes must work for orchestrators; the playground page and its
-# files hold no data (the API calls the page makes carry the key).
-OPEN_PATHS = {"/health", "/ready", "/metrics", "/", "/playground"}
+# files hold no data (the API calls the page makes carry the key); the OpenAPI document names
+# route families and body shapes, never a model or a key.
+OPEN_PATHS = {"/health", "/ready", "/metrics", "/", "/playground", "/openapi.json"}
 OPEN_PREFIXES = ("/static/",)
 
 current_key: contextvars.ContextVar[ApiKey | None] = contextvars.ContextVar("nexa_api_key", default=None)

@@ -35,6 +35,13 @@ class AudioParams(BaseModel):
         return None if isinstance(value, str) and not value.strip() else value
 
 
+class AudioUpload(AudioParams):
+    """The multipart/form-data body of the audio routes, for the OpenAPI document: the parameters
+    above as form fields (or, like the original server, query parameters) plus the file."""
+
+    file: bytes = Field(description="the audio: wav, mp3, flac, ogg, webm, m4a, whatever FFmpeg decodes")
+
+
 class TranscriptionWord(BaseModel):
     word: str
     start: float

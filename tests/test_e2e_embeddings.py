@@ -8,6 +8,7 @@ converted to GGUF (through llama.cpp), and the ONNX one again with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +18,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import Server, fetch_catalog, write_manifest
+from tests.conftest import Server, fetch_catalog, metric, write_manifest
 from tests.synth.bert_gguf import minilm_gguf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -203,3 +204,90 @@ def test_one_model_cli_local_gguf(start_server, gguf_path: Path):
                         timeout=60).json()
     assert len(answer["data"][0]["embedding"]) == 384
     assert answer["usage"]["prompt_tokens"] == 8
+
+
+# -- micro-batching: concurrent requests share engine calls ---------------------------------
+
+
+def merged_calls(server: Server, model: str) -> tuple[float, float]:
+    """(engine calls, calls that merged more than one request) from the batch-size histogram."""
+    calls = metric(server.url, "nexa_embedding_batch_requests_count", model=model)
+    alone = metric(server.url, "nexa_embedding_batch_requests_bucket", model=model, le="1.0")
+    return calls, calls - alone
+
+
+def concurrent_bodies(model: str) -> list[dict]:
+    """Requests with every per-request option, so a merged batch must keep them apart."""
+    words = ["apple", "river", "engine", "violin", "desert", "harbour", "lantern", "meadow"]
+    bodies: list[dict] = []
+    for i, word in enumerate(words * 2):
+        body: dict = {"model": model, "input": f"Sentence {i} is about a {word}."}
+        kind = i % 6
+        if kind == 1:
+            body.update(input=[f"First of {i}: {word}", f"second of {i}"], normalize=True)
+        elif kind == 2:
+            body.update(dimensions=32)
+        elif kind == 3:
+            body.update(encoding_format="base64", normalize=False)
+        elif kind == 4 and i == 4:
+            body.update(input="word " * 600, truncate=True)  # cut to 512 tokens
+        elif kind == 5:
+            body.update(input=[101, 2773, 2773, 102])  # token ids, framed already
+        bodies.append(body)
+    bodies.append({"model": model, "input": ["fine", "word " * 600], "truncate": False})  # a 400, alone
+    bodies.append({"model": model, "input": "x", "dimensions": 4096})  # a 400, alone
+    return bodies
+
+
+def decoded(answer: dict) -> np.ndarray:
+    return np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") if isinstance(d["embedding"], str)
+                     else d["embedding"] for d in answer["data"]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("model", ["all-minilm-l6-v2", "minilm-gguf"])
+def test_concurrent_requests_are_merged_and_answer_as_alone(server, model):
+    bodies = concurrent_bodies(model)
+    alone = [post(server, **body) for body in bodies]  # one at a time: never merged
+    calls_before, merged_before = merged_calls(server, model)
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            # A big request first keeps the engine busy while the others queue behind it.
+            blocker = asyncio.ensure_future(client.post(server.url + "/v1/embeddings", json={
+                "model": model, "input": [f"{i} " + "lorem ipsum " * 30 for i in range(8)]}))
+            await asyncio.sleep(0.05)
+            answers = await asyncio.gather(*(client.post(server.url + "/v1/embeddings", json=b) for b in bodies))
+            assert (await blocker).status_code == 200
+            return answers
+
+    merged_answers = asyncio.run(together())
+    calls, merged = merged_calls(server, model)
+    assert merged > merged_before, "concurrent requests must share engine calls"
+    assert calls - calls_before < len(bodies), (calls - calls_before, len(bodies))
+    for body, one, many in zip(bodies, alone, merged_answers):
+        assert many.status_code == one.status_code, (body, many.text)
+        if one.status_code != 200:
+            assert many.json()["error"] == one.json()["error"]
+            continue
+        a, b = one.json(), many.json()
+        assert b["usage"] == a["usage"] and b["model"] == a["model"] == model
+        assert [d["index"] for d in b["data"]] == [d["index"] for d in a["data"]]
+        assert type(b["data"][0]["embedding"]) is type(a["data"][0]["embedding"])
+        # Same engine, other batch-mates: ONNX differs by padding (summation order) only; llama.cpp
+        # picks matmul kernels by batch shape (see tests/test_embeddings.py).
+        atol = 1e-6 if model == "all-minilm-l6-v2" else 1e-3
+        assert np.allclose(decoded(b), decoded(a), rtol=1e-5, atol=atol), body
+    assert alone[-2].status_code == 400 and "input[1]" in alone[-2].json()["error"]["message"]
+    assert alone[-1].json()["error"]["param"] == "dimensions"
+    assert decoded(alone[2].json()).shape[1] == 32
+
+
+def test_float_answers_are_shortest_float32(server):
+    raw = httpx.post(server.url + "/v1/embeddings", json={"input": "hello world"}, timeout=60).text
+    floats = post(server, input="hello world").json()["data"][0]["embedding"]
+    as_base64 = post(server, input="hello world", encoding_format="base64").json()["data"][0]["embedding"]
+    exact = np.frombuffer(base64.b64decode(as_base64), dtype="<f4")
+    assert np.array_equal(np.array(floats, dtype=np.float32), exact)
+    assert all(repr(f) == str(np.float32(f)) for f in floats), "each float is its float32's shortest repr"
+    assert max(len(repr(f)) for f in floats) <= 16, "float32 needs at most 9 significant digits"
+    assert len(raw) < 384 * 14, len(raw)

@@ -178,27 +178,60 @@ class Counting:
         return counted
 
 
-def test_onnx_batch_is_one_engine_call(onnx):
-    engine = onnx.engine
-    session = engine.model.model
-    onnx.engine = counting = Counting(engine, "embed")
-    engine.model.model = runs = Counting(session, "run")
+def test_onnx_batch_is_one_engine_call_and_one_tokenization(onnx):
+    session, tokenizer = onnx.engine.model.model, onnx._unpadded
+    onnx.engine.model.model = runs = Counting(session, "run")
+    onnx._unpadded = encodes = Counting(tokenizer, "encode_batch")
     try:
         out = onnx.embed([f"sentence number {i}" for i in range(16)])
         assert out.vectors.shape == (16, 384)
-        assert counting.calls == 1 and runs.calls == 1
+        assert runs.calls == 1 and encodes.calls == 1, "texts are tokenized once: counted ids are the ids run"
         onnx.embed([[2773, 2773]] * 16)
-        assert runs.calls == 2
+        assert runs.calls == 2 and encodes.calls == 1
         # A request too big to pad into one run is split into consecutive chunks, same answer.
         onnx.max_batch_tokens = 40
         chunked = onnx.embed([f"sentence number {i}" for i in range(16)])
-        assert counting.calls == 1 + 2 and runs.calls == 2 + 2  # 16 x 5 tokens, 8 per chunk of 40
+        assert runs.calls == 2 + 2  # 16 x 5 tokens, 8 per chunk of 40
         assert np.allclose(chunked.vectors, out.vectors, atol=1e-5)
         assert chunked.prompt_tokens == out.prompt_tokens
     finally:
-        onnx.engine = engine
-        engine.model.model = session
+        onnx.engine.model.model = session
+        onnx._unpadded = tokenizer
         onnx.max_batch_tokens = 8192
+
+
+def test_onnx_text_path_equals_fastembeds_own(onnx):
+    """Our single tokenization + ONNX run gives fastembed's own `TextEmbedding.embed` vectors."""
+    theirs = np.stack(list(onnx.engine.embed(SENTENCES, batch_size=len(SENTENCES))))
+    assert np.array_equal(onnx.embed(SENTENCES).vectors, theirs)
+
+
+@pytest.mark.parametrize("which", ["onnx", "gguf"])
+def test_embed_many_answers_each_request_as_alone(which, request):
+    backend = request.getfixturevalue(which)
+    long = "word " * 600
+    requests = [(SENTENCES, True), (["one more sentence"], True), (["fine", long], False), ([long], True),
+                ([[2773, 2773, 2773]], True), ([[2773] * 700], False)]
+    merged = backend.embed_many(requests)
+    assert len(merged) == len(requests)
+    for (inputs, truncate), got in zip(requests, merged):
+        try:
+            alone = backend.embed(inputs, truncate=truncate)
+        except BackendError as exc:
+            assert isinstance(got, BackendError) and str(got) == str(exc), "a bad request fails alone"
+            continue
+        assert got.prompt_tokens == alone.prompt_tokens
+        assert got.vectors.shape == alone.vectors.shape
+        # ONNX: only the padding differs (summation order); llama.cpp picks its matmul kernels by
+        # batch shape, so one decode of several sequences differs from each alone by up to ~4e-4
+        # (cosine 1 - 1e-7), exactly as a request of several inputs always has.
+        assert np.allclose(got.vectors, alone.vectors, rtol=1e-5, atol=1e-6 if which == "onnx" else 1e-3)
+        assert np.all(cosine(got.vectors, alone.vectors) > 1 - 1e-6)
+    assert isinstance(merged[2], BackendError) and "input[1] is 602 tokens" in str(merged[2])
+    assert merged[3].prompt_tokens == 512
+    # Text the tokenizer cannot take (a lone surrogate) fails its own request only, never its batch-mates.
+    broken, fine = backend.embed_many([(["a\ud800b"], True), (["one more sentence"], True)])
+    assert isinstance(broken, Exception) and fine.prompt_tokens == merged[1].prompt_tokens
 
 
 def test_chunks():

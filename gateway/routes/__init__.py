@@ -1,16 +1,21 @@
 """The route table, gathered from one module per family of endpoints.
 
-Each module exports `ROUTES`: (method, path, capability or None, handler).
-A handler is `async def handler(gateway, request) -> Response | StreamResponse`.
+Each module exports `ROUTES`: `Route(method, path, capability or None, handler,
+request=..., response=...)` entries (gateway.http.Route), or plain 4-tuples for a
+route without a declared contract. A handler is `async def handler(gateway, request)
+-> Response | StreamResponse`. The request and response types are the route's
+published contract: GET /openapi.json (gateway/openapi.py).
 """
 
 from __future__ import annotations
 
-from gateway.routes import admin, audio, discovery, embeddings, gitops, images, playground, text
+from gateway.http import Route
+from gateway.routes import admin, audio, discovery, embeddings, gitops, images, openapi, playground, text
 
-MODULES = [text, audio, embeddings, images, discovery, admin, playground, gitops]
+MODULES = [text, audio, embeddings, images, discovery, admin, playground, gitops, openapi]
 
-ROUTES = [route for module in MODULES for route in module.ROUTES]
+TABLE = [Route(*route) for module in MODULES for route in module.ROUTES]
+ROUTES = [tuple(route[:4]) for route in TABLE]  # (method, path, capability, handler), as the gateway wires them
 
 # Every model route of SERVER-API.md and OpenAI, with the capability it needs. A route
 # whose capability no declared model has answers 404 `route_not_served`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway import metrics
-from gateway.http import HTTPError, Request, Response, json_response
+from gateway.http import HTTPError, Request, Response, Route, json_response
 from gateway.security import current_key
 
 if TYPE_CHECKING:
@@ -32,6 +32,6 @@ async def reload_manifest(gw: "Gateway", request: Request) -> Response:
 
 
 ROUTES = [
-    ("GET", "/metrics", None, prometheus),
+    Route("GET", "/metrics", None, prometheus, response={"text/plain": str}),
     ("POST", "/admin/reload", None, reload_manifest),
 ]

@@ -20,12 +20,13 @@ from pydantic import ValidationError
 from backends.base import BackendError
 from backends.whisper import SAMPLE_RATE, AudioDecodeError, EnglishOnlyError, TranscribeOptions, Transcript
 from backends.whisper import decode_audio, normalise_language
-from gateway.http import HTTPError, Request, Response, json_response
+from gateway.http import HTTPError, Request, Response, Route, json_response
 from gateway.multipart import Form, parse_form
 from gateway.pool import ModelHandle
 from gateway.routes.common import note_unknown_fields
 from schemas.audio import (
     AudioParams,
+    AudioUpload,
     DurationUsage,
     Transcription,
     TranscriptionSegment,
@@ -259,7 +260,12 @@ def to_vtt(transcript: Transcript) -> str:
                                   for s in transcript.segments)
 
 
+# json and verbose_json answers are JSON; text and srt are text/plain, vtt text/vtt.
+ANSWERS = {"application/json": Transcription | VerboseTranscription, "text/plain": str, "text/vtt": str}
+
 ROUTES = [
-    ("POST", "/v1/audio/transcriptions", "transcribe", transcriptions),
-    ("POST", "/v1/audio/translations", "translate", translations),
+    Route("POST", "/v1/audio/transcriptions", "transcribe", transcriptions,
+          request={"multipart/form-data": AudioUpload}, response=ANSWERS),
+    Route("POST", "/v1/audio/translations", "translate", translations,
+          request={"multipart/form-data": AudioUpload}, response=ANSWERS),
 ]

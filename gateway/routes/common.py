@@ -48,6 +48,15 @@ def parse_body(model: type[BaseModel], request: Request) -> Any:
     data = request.json_object()
     if isinstance(data, dict):
         note_unknown_fields(request, data, known_fields(model))
+    return validate(model, data)
+
+
+def parse_query(model: type[BaseModel], request: Request) -> Any:
+    """Query parameters (the last value of each) checked against `model`, with the same 400s as bodies."""
+    return validate(model, {name: values[-1] for name, values in request.query.items()})
+
+
+def validate(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

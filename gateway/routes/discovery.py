@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.http import HTTPError, Request, Response, json_response
+from gateway.http import HTTPError, Request, Response, Route, json_response
 from gateway.pool import ModelHandle
 from gateway.redact import scrub
 from gateway.security import allows, current_key
 from schemas.openai import ModelCard, ModelList
+from schemas.ops import Health, Readiness
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -48,8 +49,8 @@ async def ready(gw: "Gateway", request: Request) -> Response:
 
 
 ROUTES = [
-    ("GET", "/v1/models", None, list_models),
-    ("GET", "/v1/models/{model:path}", None, get_model),
-    ("GET", "/health", None, health),
-    ("GET", "/ready", None, ready),
+    Route("GET", "/v1/models", None, list_models, response=ModelList),
+    Route("GET", "/v1/models/{model:path}", None, get_model, response=ModelCard),
+    Route("GET", "/health", None, health, response=Health),
+    Route("GET", "/ready", None, ready, response={200: Readiness, 503: Readiness}),
 ]

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from backends.diffusion import ImageParams
-from gateway.http import HTTPError, Request, Response, json_response
+from gateway.http import HTTPError, Request, Response, Route, json_response
 from gateway.images import ImageStore, decode_inline, open_image, png_bytes, read_input_file, resolve_input_path
 from gateway.routes.common import parse_body
 from schemas.images import (
@@ -163,8 +163,9 @@ async def image_file(gw: "Gateway", request: Request) -> Response:
 
 
 ROUTES = [
-    ("POST", "/v1/txt2img", "txt2img", txt2img),
-    ("POST", "/v1/img2img", "img2img", img2img),
-    ("POST", "/v1/images/generations", "txt2img", generations),
-    ("GET", FILES_PATH + "/{name}", "txt2img", image_file),
+    Route("POST", "/v1/txt2img", "txt2img", txt2img, request=Txt2ImgRequest, response=NexaImageResponse),
+    Route("POST", "/v1/img2img", "img2img", img2img, request=Img2ImgRequest, response=NexaImageResponse),
+    Route("POST", "/v1/images/generations", "txt2img", generations, request=ImageGenerationRequest,
+          response=OpenAIImageResponse),
+    Route("GET", FILES_PATH + "/{name}", "txt2img", image_file, response={"image/png": bytes}),
 ]

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.http import HTTPError, Request, Response
+from gateway.http import HTTPError, Request, Response, Route
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -95,7 +95,7 @@ async def asset(gw: "Gateway", request: Request) -> Response:
 
 
 ROUTES = [
-    ("GET", "/", None, page),
-    ("GET", "/playground", None, page),
-    ("GET", STATIC_PATH + "/{name}", None, asset),
+    Route("GET", "/", None, page, response={"text/html": str}),
+    Route("GET", "/playground", None, page, response={"text/html": str}),
+    Route("GET", STATIC_PATH + "/{name}", None, asset, response={"*/*": bytes}),
 ]

@@ -15,7 +15,8 @@ from backends.base import Delta, SamplingParams
 from gateway import metrics
 from gateway.images_in import resolve_image_parts
 from gateway.logprobs import chat_logprobs, completion_logprobs
-from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
+from gateway.openapi import Events
+from gateway.http import HTTPError, Request, Response, Route, StreamResponse, json_response
 from gateway.routes.common import SSE_HEADERS, parse_body, sse
 from gateway.pool import ModelHandle
 from schemas.openai import (
@@ -330,8 +331,11 @@ def _tools_of(body: ChatRequest) -> tuple[list[dict[str, Any]] | None, Any]:
     return None, None
 
 
+CHAT_ANSWERS = {"application/json": ChatResponse, "text/event-stream": Events(ChatChunk)}  # `stream: true`: SSE
+
 ROUTES = [
-    ("POST", "/v1/completions", "complete", completions),
-    ("POST", "/v1/chat/completions", "chat", chat_completions),
-    ("POST", "/v1/function-calling", "chat", chat_completions),
+    Route("POST", "/v1/completions", "complete", completions, request=CompletionRequest,
+          response={"application/json": CompletionResponse, "text/event-stream": Events(CompletionResponse)}),
+    Route("POST", "/v1/chat/completions", "chat", chat_completions, request=ChatRequest, response=CHAT_ANSWERS),
+    Route("POST", "/v1/function-calling", "chat", chat_completions, request=ChatRequest, response=CHAT_ANSWERS),
 ]
