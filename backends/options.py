@@ -78,7 +78,8 @@ class VisionOptions(LlamaOptions):
 
     mmproj_probe: bool = Field(True, description="trial-load the projector in a child process first")
     mmproj_probe_timeout_s: float = Field(300, gt=0)
-    max_image_pixels: int = Field(40_000_000, gt=0, description="largest image (width x height) accepted")
+    max_image_pixels: Optional[int] = Field(
+        None, gt=0, description="largest image (width x height) for this model; default: server.max_image_pixels")
 
 
 class LlamaEmbedOptions(LlamaOptions):

@@ -13,7 +13,8 @@ What the stock handlers do that a gateway cannot have, and is overridden here:
 - the projector is loaded on the first chat call: here it is loaded, and checked
   (see backends/mmproj.py: a bad file can kill the process), at load time;
 - images are fetched with urllib when not data: URLs: here only data: URLs and
-  base64 are read (the route layer fetches allowed http(s) URLs beforehand);
+  base64 are read (the route layer fetches allowed http(s) URLs beforehand), by the
+  one decoder and the one Pillow opener in backends/media.py;
 - stdout/stderr are silenced by re-pointing the process's file descriptors,
   which races with every other thread: here libmtmd's log goes to Python logging;
 - MTMDChatHandler hands list content to the model's template, which most text
@@ -24,7 +25,6 @@ What the stock handlers do that a gateway cannot have, and is overridden here:
 from __future__ import annotations
 
 import ctypes
-import io
 import logging
 import threading
 from contextlib import contextmanager
@@ -34,7 +34,7 @@ from typing import Any, Iterator
 from backends import llama_private as private
 from backends import mmproj as projector
 from backends.base import BackendError, Cancelled, Delta, LoadError, SamplingParams
-from backends.image_data import NATIVE, ImageDataError, as_data_url, decode_image_url, part_url, sniff
+from backends.media import MediaError, as_data_url, content_parts, decode_image, image_part, native_bytes
 from backends.chat_template import CHATML_TEMPLATE, template_error
 from backends.llama import LlamaBackend
 from schemas.manifest import Device, ModelSpec
@@ -58,9 +58,7 @@ HANDLERS: dict[str, str] = {
     "qwen2.5-vl": "Qwen25VLChatHandler",
 }
 DEFAULT_HANDLER = "mtmd"
-IMAGE_PARTS = ("image_url", "input_image", "image")
 MIN_CTX = 256  # llama.cpp pads smaller contexts and then fails oddly with image chunks
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 # -- libmtmd's log, routed to Python logging ---------------------------------------------
 
@@ -109,34 +107,15 @@ def _captured_log() -> Iterator[list[str]]:
 # -- images ------------------------------------------------------------------------------
 
 
-def read_image(url: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bytes:
-    """Image bytes llama.cpp can decode, from a data: URL or base64; other formats via Pillow."""
+def read_image(url: str, max_pixels: int | None = None) -> bytes:
+    """Image bytes llama.cpp can decode, from a data: URL or base64; other formats via Pillow.
+
+    `max_pixels` is the model's own `options.max_image_pixels`; without it the gateway has already
+    applied `server.max_image_pixels` before the image got here."""
     try:
-        data = decode_image_url(url)
-    except ImageDataError as exc:
+        return native_bytes(decode_image(url), max_pixels)
+    except MediaError as exc:
         raise BackendError(str(exc)) from None
-    kind = sniff(data)
-    try:
-        from PIL import Image
-    except ImportError:
-        if kind in NATIVE:
-            return data
-        raise BackendError("images must be PNG, JPEG, GIF or BMP") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            if image.width * image.height > max_pixels:
-                raise BackendError(f"an image is {image.width}x{image.height} pixels; at most {max_pixels} are accepted")
-            if kind in NATIVE:
-                return data
-            out = io.BytesIO()
-            image.convert("RGB").save(out, format="PNG")
-            return out.getvalue()
-    except BackendError:
-        raise
-    except Image.DecompressionBombError:
-        raise BackendError(f"an image has more than {max_pixels} pixels") from None
-    except Exception:  # noqa: BLE001 - Pillow raises many kinds for "not an image"
-        raise BackendError("an image could not be read; send PNG, JPEG, GIF, BMP or WebP") from None
 
 
 def prepare_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,20 +126,16 @@ def prepare_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         content = message.get("content")
         if isinstance(content, list):
             parts = []
-            for part in content:
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "text":
-                    parts.append({"type": "text", "text": part.get("text") or ""})
-                elif kind in IMAGE_PARTS:
+            try:
+                for part in content_parts(content):
+                    if not part.is_image:
+                        parts.append({"type": "text", "text": part.text})
+                        continue
                     if message.get("role") != "user":
                         raise BackendError(f"messages[{index}]: images are accepted only in user messages")
-                    try:
-                        url = as_data_url(part_url(part))
-                    except ImageDataError as exc:
-                        raise BackendError(f"messages[{index}]: {exc}") from None
-                    parts.append({"type": "image_url", "image_url": {"url": url}})
-                else:
-                    raise BackendError(f"messages[{index}]: unsupported content part type {kind!r}")
+                    parts.append(image_part(as_data_url(part.url)))
+            except MediaError as exc:
+                raise BackendError(f"messages[{index}]: {exc}") from None
             if message.get("role") != "user":  # text parts only (checked above): the plain string every template reads
                 parts = "".join(p["text"] for p in parts)
             message = {**message, "content": parts}
@@ -176,7 +151,7 @@ class _GatewayHandler:
 
     gateway_template: str | None = None
     gateway_use_gpu: bool = True
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int | None = None  # options.max_image_pixels
 
     def _init_mtmd_context(self, llama_model: Any) -> None:
         if self.mtmd_ctx is not None:
@@ -227,8 +202,8 @@ class _GatewayHandler:
         flat = []
         for message in messages:
             content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(media_marker if p.get("type") == "image_url" else p.get("text") or "" for p in content)
+            if isinstance(content, list):  # already prepared: text and image_url parts only
+                content = "".join(media_marker if p.is_image else p.text for p in content_parts(content))
             flat.append({**message, "content": content})
         return flat
 
@@ -285,7 +260,7 @@ class VisionBackend(LlamaBackend):
         options = dict(spec.options)
         probe = bool(options.pop("mmproj_probe", True))
         probe_timeout = float(options.pop("mmproj_probe_timeout_s", 300))
-        max_pixels = int(options.pop("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        max_pixels = options.pop("max_image_pixels", None)  # else server.max_image_pixels, checked by the gateway
         handler_cls = handler_class(spec.handler or DEFAULT_HANDLER)
         if spec.nctx < MIN_CTX:
             raise LoadError(f"nctx {spec.nctx} is too small for a vision model; use at least {MIN_CTX}")
@@ -306,14 +281,14 @@ class VisionBackend(LlamaBackend):
                                               "projector_type": info.projector_type, "handler": backend.handler_name})
         return backend
 
-    def _attach(self, handler_cls: type, mmproj: Path, max_pixels: int) -> None:
+    def _attach(self, handler_cls: type, mmproj: Path, max_pixels: int | None) -> None:
         """Create the handler and its libmtmd context now, so a bad projector fails the load."""
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
         _route_mtmd_log()
         handler = handler_cls(clip_model_path=str(mmproj), verbose=False)
         handler.gateway_use_gpu = self.spec.device != Device.cpu and self.spec.n_gpu_layers != 0
-        handler.max_image_pixels = max_pixels
+        handler.max_image_pixels = int(max_pixels) if max_pixels is not None else None
         template = self.spec.options.get("chat_template")
         if isinstance(handler, MTMDChatHandler):
             handler.gateway_template = template or self.llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE

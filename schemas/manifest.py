@@ -106,6 +106,9 @@ class ServerSettings(BaseSettings):
     image_url_hosts: list[str] = Field(default_factory=list)
     image_fetch_max_bytes: int = Field(20 * 1024 * 1024, gt=0)
     image_fetch_timeout_s: float = Field(10.0, gt=0)
+    # Every input image (vision chat, /v1/img2img): at most this many pixels (width x height); a
+    # vision model's options.max_image_pixels overrides it for that model.
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest input image, width x height")
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod

@@ -27,6 +27,7 @@ pytest.importorskip("stable_diffusion_cpp")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 FILE_ROUTE = "/v1/images/files/"
+MAX_PIXELS = 100 * 100  # server.max_image_pixels: the 64x64 inputs pass, a 128x128 one does not
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,8 @@ def image_server(image_dirs) -> Server:
          "options": {"default_steps": 1, "default_cfg_scale": 1.0}},
         {"name": "garbage", "type": "COMPUTER_VISION", "source": str(models / "x.gguf")},
         {"name": "truncated", "type": "COMPUTER_VISION", "source": str(models / "truncated.gguf")},
-    ], server={"image_input_dirs": [str(image_dirs["inputs"])], "image_output_dir": str(image_dirs["outputs"])})
+    ], server={"image_input_dirs": [str(image_dirs["inputs"])], "image_output_dir": str(image_dirs["outputs"]),
+               "max_image_pixels": MAX_PIXELS})
     server = Server(["-c", str(manifest)], image_dirs["models"])
     yield server
     server.stop()
@@ -146,10 +148,11 @@ def test_img2img_follows_the_input_image(image_server):
         return decode(answer.json()["data"][0]["base64"])
 
     red = run(base64.b64encode(solid((255, 0, 0))).decode())
-    red_again = run("data:image/png;base64," + base64.b64encode(solid((255, 0, 0))).decode())
+    # The one decoder of every route: a data URL in the URL-safe alphabet, unpadded, is the same input.
+    red_again = run("data:image/png;base64," + base64.urlsafe_b64encode(solid((255, 0, 0))).decode().rstrip("="))
     blue = run(base64.b64encode(solid((0, 0, 255))).decode())
     assert red.size == blue.size == (64, 64)  # the input's size when none is asked for
-    assert red.tobytes() == red_again.tobytes()  # plain base64 and a data URL are the same input
+    assert red.tobytes() == red_again.tobytes()  # plain base64 and a (URL-safe) data URL are the same input
     assert red.tobytes() != blue.tobytes()
 
 
@@ -175,6 +178,17 @@ def test_img2img_reads_image_path_only_inside_the_allowed_folders(image_server, 
     (image_dirs["inputs"] / "not-an-image.png").write_text("hello")
     bad = post(image_server, "/v1/img2img", {**fields, "image_path": "not-an-image.png"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"
+
+
+def test_img2img_refuses_an_image_over_server_max_image_pixels(image_server, image_dirs):
+    """The pixel limit vision chat uses too (tests/test_media.py): refused before the engine runs."""
+    big = solid((0, 255, 0), size=(128, 128))
+    (image_dirs["inputs"] / "big.png").write_bytes(big)
+    fields = {"prompt": "x", "width": 64, "height": 64, "sample_steps": 1}
+    for given in ({"image": base64.b64encode(big).decode()}, {"image_path": "big.png"}):
+        answer = post(image_server, "/v1/img2img", {**fields, **given})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "image_too_large" and "128x128" in answer.json()["error"]["message"]
 
 
 def test_openai_sdk_images_generate(client, image_server):

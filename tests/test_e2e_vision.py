@@ -1,9 +1,8 @@
 """End to end: vision chat through a real `nexa server` with a synthetic LLaVA-style pair
 (random weights, real llama.cpp multimodal path), spoken to with the openai SDK and httpx.
 
-Remote image URLs (allowed host, oversized image) need the route layer to call
-`gateway.images_in.resolve_image_parts`; those two tests run once gateway/routes/text.py does
-(the function itself is tested directly in tests/test_images_in.py)."""
+The route layer's image step (`gateway.media.resolve_image_parts`) is tested directly in
+tests/test_images_in.py; tests/test_media.py holds the rules vision chat shares with /v1/img2img."""
 
 from __future__ import annotations
 
@@ -16,14 +15,14 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, Server, fetch_catalog, write_manifest
+from tests.conftest import Server, fetch_catalog, write_manifest
 from tests.synth.vlm import TOKENS_PER_IMAGE, png, vlm_pair, write_projector
 from tests.test_images_in import BIG, _Images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-WIRED = "resolve_image_parts" in (ROOT / "gateway" / "routes" / "text.py").read_text()
 FETCH_LIMIT = 2000
+MAX_PIXELS = 100 * 100  # server.max_image_pixels: the 32x32 test images pass, 128x128 does not
 
 
 def data_url(image: bytes) -> str:
@@ -58,7 +57,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
         {"name": "smollm2", "source": str(fetch_catalog("smollm2")), "nctx": 512, "preload": True},
         {"name": "vlm-broken", "source": str(model), "type": "MULTIMODAL", "mmproj": str(broken), "nctx": 512},
         {"name": "vlm-crashy", "source": str(model), "type": "MULTIMODAL", "mmproj": str(crashy), "nctx": 512},
-    ], server={"image_url_hosts": ["127.0.0.1"], "image_fetch_max_bytes": FETCH_LIMIT, "image_fetch_timeout_s": 5})
+    ], server={"image_url_hosts": ["127.0.0.1"], "image_fetch_max_bytes": FETCH_LIMIT, "image_fetch_timeout_s": 5,
+               "max_image_pixels": MAX_PIXELS})
     started = Server(["-c", str(manifest)], tmp)
     yield started
     started.stop()
@@ -106,6 +106,25 @@ def test_raw_base64_without_data_prefix(client):
     assert by_b64.usage.prompt_tokens == by_url.usage.prompt_tokens
 
 
+def test_url_safe_unpadded_base64_is_the_same_image(client):
+    """One decoder for vision chat and /v1/img2img: the URL-safe alphabet and missing padding are fine."""
+    image = png("noise")
+    urlsafe = base64.urlsafe_b64encode(image).decode().rstrip("=")
+    assert urlsafe != base64.b64encode(image).decode()
+    by_url = chat(client, ask(data_url(image)))
+    for given in (urlsafe, "data:image/png;base64," + urlsafe):
+        answer = chat(client, ask(given))
+        assert answer.choices[0].message.content == by_url.choices[0].message.content
+        assert answer.usage.prompt_tokens == by_url.usage.prompt_tokens
+
+
+def test_an_image_over_server_max_image_pixels_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, ask(data_url(png("black", size=128))))
+    assert caught.value.code == "image_too_large" and "128x128" in caught.value.message
+    assert caught.value.param == "messages[0].content[1].image_url"
+
+
 def test_streaming_with_usage(client):
     messages = ask(data_url(png("noise")))
     whole = chat(client, messages, max_tokens=6)
@@ -132,10 +151,7 @@ def test_a_text_model_refuses_images(client):
 def test_remote_url_of_a_host_outside_the_allowlist_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, ask("http://example.com/cat.png"))
-    if WIRED:
-        assert caught.value.code == "image_url_not_allowed"
-    else:  # the backend refuses remote URLs itself: it never does network I/O
-        assert "remote image URLs" in caught.value.message
+    assert caught.value.code == "image_url_not_allowed"
 
 
 def test_bad_image_data_is_a_400(client):
@@ -143,14 +159,12 @@ def test_bad_image_data_is_a_400(client):
         chat(client, ask("data:image/png;base64,bm90IGFuIGltYWdl"))  # "not an image"
 
 
-@pytest.mark.skipif(not WIRED, reason="gateway/routes/text.py does not call resolve_image_parts yet")
 def test_allowed_host_is_fetched(client, image_host):
     fetched = chat(client, ask(image_host + "/small.png"))
     inline = chat(client, ask(data_url(png("black"))))
     assert fetched.choices[0].message.content == inline.choices[0].message.content
 
 
-@pytest.mark.skipif(not WIRED, reason="gateway/routes/text.py does not call resolve_image_parts yet")
 def test_oversized_remote_image_is_a_400(client, image_host):
     assert len(BIG) > FETCH_LIMIT
     with pytest.raises(openai.BadRequestError) as caught:

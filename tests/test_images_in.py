@@ -12,9 +12,10 @@ from typing import Iterator
 
 import pytest
 
-from backends.image_data import decode_image_url
+from backends.media import decode_image
 from gateway.http import HTTPError
-from gateway.images_in import host_allowed, resolve_image_parts
+from gateway.image_fetch import host_allowed
+from gateway.media import resolve_image_parts
 from schemas.manifest import ServerSettings
 from tests.synth.vlm import png
 
@@ -92,7 +93,7 @@ def resolve(url: str, **extra) -> bytes:
     assert out[0] == messages[0] and out[1]["content"][0] == messages[1]["content"][0]
     part = out[1]["content"][1]
     assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
-    return decode_image_url(part["image_url"]["url"])
+    return decode_image(part["image_url"]["url"])
 
 
 def failure(url: str, **extra) -> HTTPError:

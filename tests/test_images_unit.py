@@ -11,7 +11,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from gateway.http import HTTPError
-from gateway.images import ImageStore, decode_inline, default_output_dir, open_image, resolve_input_path
+from gateway.image_output import ImageStore, default_output_dir
+from gateway.media import decode_inline, open_image, resolve_input_path
 from gateway.routes.images import _fit
 from schemas.images import ImageGenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from schemas.manifest import ServerSettings
@@ -92,8 +93,8 @@ def test_inline_images_as_base64_or_data_url():
     assert decode_inline(base64.encodebytes(data).decode()) == data  # line-wrapped base64
     for bad in ("not base64!", "data:image/png,rawbytes", ""):
         assert status(lambda: decode_inline(bad)) == 400
-    assert open_image(data, "image").size == (8, 8)
-    assert status(lambda: open_image(b"GIF89a-but-not-really", "image")) == 400
+    assert open_image(data, "image", 64).size == (8, 8)
+    assert status(lambda: open_image(b"GIF89a-but-not-really", "image", 64)) == 400
 
 
 def test_missing_sides_follow_the_input_aspect_ratio():
@@ -132,7 +133,7 @@ def test_manifest_image_folders_must_be_absolute():
 def test_the_output_folder_keeps_only_the_newest_images(tmp_path):
     import os
 
-    from gateway.images import ImageStore
+    from gateway.image_output import ImageStore
 
     store = ImageStore(tmp_path, keep=3)
     names = []
@@ -145,7 +146,7 @@ def test_the_output_folder_keeps_only_the_newest_images(tmp_path):
 
 @pytest.mark.parametrize("error, status_code", [(28, 507), (5, 500)])  # ENOSPC, EIO
 def test_a_failed_image_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, error, status_code):
-    import gateway.images as images
+    import gateway.image_output as images
 
     def full(out, data):
         out.write(data[:10])  # part of it made it to disk, as on a disk that fills up mid-write

@@ -200,7 +200,7 @@ def test_raw_base64_and_other_formats_work(backend):
     (user("x", "https://example.com/cat.png"), "remote image URLs"),
     (user("x", "file:///etc/passwd"), "unsupported image URL scheme"),
     (user("x", "data:image/png;base64,@@@"), "not valid base64"),
-    (user("x", data_url(b"GIF89a this is not really a gif")), "could not be"),
+    (user("x", data_url(b"GIF89a this is not really a gif")), "cannot be decoded"),
     ([{"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "AAAA"}}]}], "only in user messages"),
 ])
 def test_bad_images_are_backend_errors(backend, messages, words):

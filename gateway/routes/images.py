@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from backends.diffusion import ImageParams
 from gateway.http import HTTPError, Request, Response, Route, json_response
-from gateway.images import ImageStore, decode_inline, open_image, png_bytes, read_input_file, resolve_input_path
+from gateway.image_output import ImageStore, png_bytes
+from gateway.media import load_input
 from gateway.routes.common import parse_body
 from schemas.images import (
     MAX_SIDE,
@@ -118,13 +119,6 @@ def _fit(image_size: tuple[int, int], width: int | None, height: int | None) -> 
     return max(1, min(MAX_SIDE, width)), max(1, min(MAX_SIDE, height))
 
 
-def _load_input(body: Img2ImgRequest, allowed_dirs: list[str]) -> Any:
-    if body.image:
-        return open_image(decode_inline(body.image), "image")
-    path = resolve_input_path(body.image_path, allowed_dirs)
-    return open_image(read_input_file(path), "image_path")
-
-
 async def img2img(gw: "Gateway", request: Request) -> Response:
     body = parse_body(Img2ImgRequest, request)
     if bool(body.image) == bool(body.image_path):
@@ -132,7 +126,7 @@ async def img2img(gw: "Gateway", request: Request) -> Response:
                              "`image_path` (a file in the manifest's server.image_input_dirs).",
                         param="image", code="invalid_value")
     handle = gw.select_model(body.model, "img2img", request.path)
-    image = await asyncio.to_thread(_load_input, body, list(gw.manifest.server.image_input_dirs))
+    image = await asyncio.to_thread(load_input, body.image, body.image_path, gw.manifest.server)
     width, height = _fit(image.size, body.width, body.height)
     params = _params(body, request, width, height, init_image=image, strength=body.strength)
     store = _store(gw)

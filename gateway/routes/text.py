@@ -12,9 +12,10 @@ import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from backends.base import Delta, SamplingParams
+from backends.media import MediaError, content_parts
 from gateway import metrics
-from gateway.images_in import resolve_image_parts
 from gateway.logprobs import chat_logprobs, completion_logprobs
+from gateway.media import pixel_limit, resolve_image_parts
 from gateway.openapi import Events
 from gateway.http import HTTPError, Request, Response, Route, StreamResponse, json_response
 from gateway.routes.common import SSE_HEADERS, parse_body, sse
@@ -203,16 +204,18 @@ def chat_messages(body: ChatRequest, handle: ModelHandle) -> list[dict[str, Any]
         content: Any = message.content
         if isinstance(content, list):
             parts = []
-            for part in content:
-                if part.type in ("image_url", "input_image", "image") and not vision:
-                    raise HTTPError(400, f"Model {handle.name!r} is a text-only model and cannot read images; "
-                                         "send images to a MULTIMODAL model.",
-                                    param=f"messages[{index}].content", code="images_not_supported")
-                if part.type not in ("text", "image_url", "input_image", "image"):
-                    raise HTTPError(400, f"Unsupported content part type {part.type!r}.",
-                                    param=f"messages[{index}].content", code="invalid_value")
-                parts.append(part.model_dump(exclude_none=True))
-            content = parts if vision else "".join(p.get("text") or "" for p in parts)
+            try:
+                for part in content_parts([p.model_dump(exclude_none=True) for p in content]):
+                    if part.is_image and not vision:
+                        raise HTTPError(400, f"Model {handle.name!r} is a text-only model and cannot read images; "
+                                             "send images to a MULTIMODAL model.",
+                                        param=f"messages[{index}].content", code="images_not_supported")
+                    parts.append(part)
+            except MediaError as exc:
+                text = str(exc)
+                raise HTTPError(400, f"{text[:1].upper()}{text[1:]}.", param=f"messages[{index}].content",
+                                code=exc.code) from None
+            content = [p.raw for p in parts] if vision else "".join(p.text for p in parts)
         item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
                                 "content": content or ""}
         for extra in ("name", "tool_calls", "tool_call_id"):
@@ -239,7 +242,8 @@ async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
     params.logprobs = (body.top_logprobs or 0) if body.logprobs else None
     messages = chat_messages(body, handle)
     if "vision" in handle.capabilities:
-        messages = await resolve_image_parts(messages, gw.manifest.server)
+        messages = await resolve_image_parts(messages, gw.manifest.server,
+                                             pixel_limit(gw.manifest.server, handle.spec.options))
     tools, tool_choice = _tools_of(body)
     if request.path == "/v1/function-calling" and tools and tool_choice in (None, "auto"):
         # This route exists to "call the most appropriate function": with "auto" a small model

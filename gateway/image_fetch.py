@@ -1,11 +1,9 @@
-"""Images in chat requests, made ready for a vision model before it sees them.
+"""Image URLs in chat requests: parsed, checked against the manifest's allowlist, fetched.
 
-Every image part leaves here as a `data:` URL, so backends never do network
-I/O: data: URLs are checked, raw base64 is wrapped, and http(s) URLs are
-fetched only from hosts the manifest allows (`server.image_url_hosts`), with
-a size cap (`image_fetch_max_bytes`) and a time cap (`image_fetch_timeout_s`),
-on the event loop with httpx's async client so no thread is held while waiting.
-Redirects are followed by hand, each hop checked against the allowlist.
+http(s) URLs are fetched only from hosts the manifest allows (`server.image_url_hosts`), with
+a size cap (`image_fetch_max_bytes`) and a time cap (`image_fetch_timeout_s`), on the event loop
+with httpx's async client so no thread is held while waiting. Redirects are followed by hand,
+each hop checked against the allowlist. gateway/media.py calls this for every remote image part.
 
 One parser decides: a URL is parsed once into an `httpx.URL`, the allowlist
 checks that object's host, and the client fetches that same object. URLs that
@@ -18,17 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import httpx
 
-from backends.image_data import ImageDataError, decode_image_url, is_remote, part_url, sniff, to_data_url
 from gateway.http import HTTPError
 from schemas.manifest import ServerSettings
 
 log = logging.getLogger("nexa.images")
 
-IMAGE_PARTS = ("image_url", "input_image", "image")
 MAX_REDIRECTS = 3
 
 
@@ -147,52 +142,3 @@ def _parsed(text: str, param: str) -> httpx.URL:
 def _too_large(limit: int, param: str) -> HTTPError:
     return HTTPError(400, f"The image is larger than {limit} bytes (server.image_fetch_max_bytes).", param=param,
                      code="image_too_large")
-
-
-async def resolve_image_parts(messages: list[dict[str, Any]], settings: ServerSettings) -> list[dict[str, Any]]:
-    """Return `messages` with every image part as {"type": "image_url", "image_url": {"url": <data URL>}}.
-
-    Call it in the route for models with the "vision" capability, after `chat_messages`.
-    Malformed images, forbidden hosts, failed, slow or oversized fetches are HTTPError 400s."""
-    out: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        content = message.get("content")
-        if not isinstance(content, list) or not any(_is_image(p) for p in content):
-            out.append(message)
-            continue
-        parts = []
-        for number, part in enumerate(content):
-            if not _is_image(part):
-                parts.append(part)
-                continue
-            param = f"messages[{index}].content[{number}].image_url"
-            try:
-                url = part_url(part)
-                if is_remote(url):
-                    data = await fetch_image(url.strip(), settings, param=param)
-                else:
-                    data = decode_image_url(url)
-            except ImageDataError as exc:
-                raise HTTPError(400, f"Invalid image: {exc}.", param=param, code="invalid_image") from None
-            if sniff(data) is None and not _pillow_reads(data):
-                raise HTTPError(400, "Invalid image: the data is not an image format this gateway reads "
-                                     "(PNG, JPEG, GIF, BMP, WebP, ...).", param=param, code="invalid_image")
-            parts.append({"type": "image_url", "image_url": {"url": to_data_url(data)}})
-        out.append({**message, "content": parts})
-    return out
-
-
-def _is_image(part: Any) -> bool:
-    return isinstance(part, dict) and part.get("type") in IMAGE_PARTS
-
-
-def _pillow_reads(data: bytes) -> bool:
-    try:
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)):
-            return True
-    except Exception:  # noqa: BLE001 - any failure means "not an image we can read"
-        return False
