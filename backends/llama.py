@@ -140,18 +140,29 @@ class LlamaBackend(Backend):
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
              tool_choice: Any = None, response_format: dict | None = None, **template_vars: Any) -> Iterator[Delta]:
+        mode, functions, prompt = self._chat_prompt(messages, tools, tool_choice, **template_vars)
+        if mode == "none":
+            grammar = _response_grammar(response_format)
+            if grammar:
+                params = replace(params, grammar=grammar)
+            return self.generate(prompt, params, cancelled)
+        if mode == "required":
+            return self._tool_call(prompt, functions, params, cancelled, spent=0)
+        return self._auto(prompt, functions, params, cancelled)
+
+    def count_chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
+                   response_format: dict | None = None, **template_vars: Any) -> int:
+        return len(self._chat_prompt(messages, tools, tool_choice, **template_vars)[2])
+
+    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
+                     **template_vars: Any) -> tuple[str, list[dict], list[int]]:
+        """(tool mode, functions, prompt tokens): the one prompt both `chat` and `count_chat` see."""
         mode, functions = tools_mod.choose(tools, tool_choice)
         if mode == "none":
             if tools:
                 messages = tools_mod.without_tools(messages)
-            grammar = _response_grammar(response_format)
-            if grammar:
-                params = replace(params, grammar=grammar)
-            return self.generate(self._chat_tokens(messages, **template_vars), params, cancelled)
-        prompt = self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
-        if mode == "required":
-            return self._tool_call(prompt, functions, params, cancelled, spent=0)
-        return self._auto(prompt, functions, params, cancelled)
+            return mode, functions, self._chat_tokens(messages, **template_vars)
+        return mode, functions, self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
 
     def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         # The template already wrote BOS where the model wants it.

@@ -16,7 +16,8 @@ from urllib.parse import parse_qs
 
 
 class HTTPError(Exception):
-    """An error answered in the OpenAI envelope."""
+    """An error answered in the OpenAI envelope, or in the envelope of the route's own API
+    (`style`: a function of the error that returns the body, as `routes.ERROR_STYLES` lists)."""
 
     default_types = {
         400: "invalid_request_error",
@@ -40,11 +41,16 @@ class HTTPError(Exception):
         self.type = type or self.default_types.get(status, "invalid_request_error")
         self.headers = headers or {}
 
-    def envelope(self) -> dict[str, Any]:
+    def envelope(self, style: "ErrorStyle | None" = None) -> dict[str, Any]:
+        if style is not None:
+            return style(self)
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> "Response":
-        return json_response(self.envelope(), self.status, self.headers)
+    def response(self, style: "ErrorStyle | None" = None) -> "Response":
+        return json_response(self.envelope(style), self.status, self.headers)
+
+
+ErrorStyle = Callable[[HTTPError], dict[str, Any]]
 
 
 @dataclass

@@ -6,11 +6,17 @@ A handler is `async def handler(gateway, request) -> Response | StreamResponse`.
 
 from __future__ import annotations
 
-from gateway.routes import admin, audio, discovery, embeddings, gitops, images, playground, text
+from gateway.routes import admin, audio, discovery, embeddings, gitops, images, messages, playground, text
 
-MODULES = [text, audio, embeddings, images, discovery, admin, playground, gitops]
+MODULES = [text, messages, audio, embeddings, images, discovery, admin, playground, gitops]
 
 ROUTES = [route for module in MODULES for route in module.ROUTES]
+
+# Routes of an API with its own error envelope: path -> a function of the HTTPError that returns the
+# body (a module's `ERROR_STYLE`). Every error on such a path uses it, also those raised before its
+# handler runs (authentication, model admission, body size, unknown method). Others answer in OpenAI's.
+ERROR_STYLES = {path: module.ERROR_STYLE for module in MODULES if getattr(module, "ERROR_STYLE", None)
+                for _method, path, _capability, _handler in module.ROUTES}
 
 # Every model route of SERVER-API.md and OpenAI, with the capability it needs. A route
 # whose capability no declared model has answers 404 `route_not_served`.
@@ -18,6 +24,8 @@ CAPABILITY_ROUTES = {
     "/v1/completions": "complete",
     "/v1/chat/completions": "chat",
     "/v1/function-calling": "chat",
+    "/v1/messages": "chat",
+    "/v1/messages/count_tokens": "chat",
     "/v1/embeddings": "embed",
     "/v1/audio/transcriptions": "transcribe",
     "/v1/audio/translations": "translate",

@@ -44,7 +44,7 @@ class RSGIApp:
         headers = {k.lower(): v for k, v in scope.headers.items()}
         body = await self._read_body(headers, protocol)
         if body is None:
-            return self._send(protocol, self.gateway.too_large())
+            return self._send(protocol, self.gateway.too_large(scope.path))
         request = Request(
             method=scope.method,
             path=scope.path,
