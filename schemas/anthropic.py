@@ -77,7 +77,8 @@ Block = Annotated[Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, Th
 
 
 class Message(_Shape):
-    role: Literal["user", "assistant"]
+    # "system": instructions in the middle of a conversation (Claude Code sends them, under a beta flag)
+    role: Literal["user", "assistant", "system"]
     content: list[Block]
 
     text_shorthand = field_validator("content", mode="before")(_as_blocks)

@@ -239,6 +239,17 @@ def test_count_tokens_is_the_input_tokens_of_the_same_call(client, extra):
     assert counted.input_tokens == used > 0
 
 
+def test_a_mid_conversation_system_message_joins_the_system_prompt(client):
+    """Claude Code sends `system` messages inside `messages`; they count (and prompt) as part of the system."""
+    inline = client.messages.count_tokens(model=ALIAS, system="Be brief.", messages=[
+        *HELLO, {"role": "system", "content": "Agents: none."}])
+    joined = client.messages.count_tokens(model=ALIAS, system="Be brief.\n\nAgents: none.", messages=HELLO)
+    alone = client.messages.count_tokens(model=ALIAS, system="Be brief.", messages=HELLO)
+    assert inline.input_tokens == joined.input_tokens > alone.input_tokens
+    assert create(client, max_tokens=2, messages=[*HELLO, {"role": "system", "content": "Agents: none."}]).type == \
+        "message"
+
+
 # -- errors -----------------------------------------------------------------------------
 
 
@@ -328,7 +339,9 @@ BAD_BODIES = {
     "no-max-tokens": {"model": ALIAS, "messages": HELLO},
     "zero-max-tokens": {"model": ALIAS, "max_tokens": 0, "messages": HELLO},
     "no-messages": {"model": ALIAS, "max_tokens": 4, "messages": []},
-    "system-role": {"model": ALIAS, "max_tokens": 4, "messages": [{"role": "system", "content": "hi"}]},
+    "developer-role": {"model": ALIAS, "max_tokens": 4, "messages": [{"role": "developer", "content": "hi"}]},
+    "system-message-image": {"model": ALIAS, "max_tokens": 4, "messages": [*HELLO, {"role": "system", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]},
     "content-number": {"model": ALIAS, "max_tokens": 4, "messages": [{"role": "user", "content": 7}]},
     "unknown-block": {"model": ALIAS, "max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "video", "url": "x"}]}]},
@@ -401,6 +414,7 @@ def test_translation_to_the_shared_chat_request():
         "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
         "messages": [
             {"role": "user", "content": "Weather?"},
+            {"role": "system", "content": [{"type": "text", "text": "C."}]},  # mid-conversation (Claude Code)
             {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "s"},
                                               {"type": "text", "text": "Checking."},
                                               {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
@@ -415,7 +429,7 @@ def test_translation_to_the_shared_chat_request():
     assert chat.tools == [{"type": "function", "function": {
         "name": "get_weather", "description": WEATHER["description"], "parameters": WEATHER["input_schema"]}}]
     roles = [(m.role, m.content, m.tool_call_id) for m in chat.messages]
-    assert roles == [("system", "A.\n\nB.", None), ("user", "Weather?", None), ("assistant", "Checking.", None),
+    assert roles == [("system", "A.\n\nB.\n\nC.", None), ("user", "Weather?", None), ("assistant", "Checking.", None),
                      ("tool", "Error: boom", "toolu_1"), ("user", "And\nnow?", None)]
     assert chat.messages[2].tool_calls == [{"id": "toolu_1", "type": "function", "function": {
         "name": "get_weather", "arguments": '{"city": "Oslo"}'}}]

@@ -67,11 +67,17 @@ ERROR_STYLE = anthropic_error
 
 def to_chat(body: CountTokensRequest) -> ChatRequest:
     """The OpenAI-shaped request that generates (or counts) this Anthropic one."""
+    system = [block.text for block in body.system or []]
     messages: list[dict[str, Any]] = []
-    if body.system:
-        messages.append({"role": "system", "content": "\n\n".join(block.text for block in body.system)})
     for index, message in enumerate(body.messages):
-        messages += _turn(message, index)
+        if message.role == "system":
+            # Mid-conversation instructions join the system prompt: chat templates (Gemma's, Llama's)
+            # accept a system message only at the start.
+            system.append(_system_text(message, index))
+        else:
+            messages += _turn(message, index)
+    if system:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     fields: dict[str, Any] = {"model": body.model, "messages": messages}
     if body.tools:
         fields["tools"] = [{"type": "function", "function": {
@@ -125,6 +131,13 @@ def _turn(message: Message, index: int) -> list[dict[str, Any]]:
     # Text alone is one string (blocks on their own lines); with images, OpenAI content parts.
     content: Any = [*({"type": "text", "text": t} for t in texts), *images] if images else "\n".join(texts)
     return [*results, {"role": "user", "content": content}]
+
+
+def _system_text(message: Message, index: int) -> str:
+    if any(block.type != "text" for block in message.content):
+        raise HTTPError(400, f"messages[{index}].content: a system message holds text blocks only.",
+                        param=f"messages[{index}].content", code="invalid_value")
+    return "\n".join(block.text for block in message.content)
 
 
 def _image_url(block: ImageBlock) -> str:
