@@ -282,11 +282,42 @@ class LlamaBackend(Backend):
 
 
 
+# Keywords that describe a value without constraining it: a schema made of these only allows any value.
+ANNOTATIONS = {"description", "title", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly",
+               "$schema", "$id"}
+# Where a schema holds schemas: one, a list of them, or a map of names to them.
+SUBSCHEMA, SUBSCHEMA_LISTS, SUBSCHEMA_MAPS = (
+    ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else"),
+    ("anyOf", "oneOf", "allOf", "prefixItems"),
+    ("properties", "patternProperties", "$defs", "definitions"),
+)
+
+
+def _annotations_mean_any(schema: Any) -> Any:
+    """`{"description": ...}` alone means "any value" in JSON Schema (agents such as Claude Code send
+    such properties), but llama-cpp-python's converter rejects it; `{}` it reads as any value."""
+    if not isinstance(schema, dict):
+        return schema
+    if schema and set(schema) <= ANNOTATIONS:
+        return {}
+    out = dict(schema)
+    for key in SUBSCHEMA:
+        if isinstance(out.get(key), dict):
+            out[key] = _annotations_mean_any(out[key])
+    for key in SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_annotations_mean_any(item) for item in out[key]]
+    for key in SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _annotations_mean_any(item) for name, item in out[key].items()}
+    return out
+
+
 def _json_grammar(schema: dict) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return json_schema_to_gbnf(json.dumps(_annotations_mean_any(schema)))
     except Exception as exc:  # noqa: BLE001 - the converter asserts on what it cannot express
         raise BackendError(f"this JSON Schema cannot be turned into a generation grammar: {exc}") from None
 

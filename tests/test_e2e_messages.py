@@ -184,6 +184,19 @@ def test_a_named_tool_is_called_with_schema_valid_input(client):
     jsonschema.validate(uses[0].input, WEATHER["input_schema"])
 
 
+def test_a_property_with_only_a_description_takes_any_value(client):
+    """Claude Code's tools have such properties (`{"description": ...}`: any JSON value in JSON Schema);
+    the grammar converter used to refuse them, so every call with its tool set was a 400."""
+    run = {"name": "run_script", "description": "Run a script.", "input_schema": {
+        "type": "object", "properties": {"script": {"type": "string"},
+                                         "args": {"description": "Any JSON value, passed to the script."}},
+        "required": ["script", "args"]}}
+    answer = create(client, max_tokens=64, tools=[run], tool_choice={"type": "tool", "name": "run_script"},
+                    messages=[{"role": "user", "content": "Run hello.py with the numbers 1 and 2."}])
+    (use,) = [block for block in answer.content if block.type == "tool_use"]
+    assert answer.stop_reason == "tool_use" and isinstance(use.input["script"], str) and "args" in use.input
+
+
 def test_any_picks_one_of_the_tools_and_streams_input_json(client):
     kwargs = dict(model=ALIAS, max_tokens=64, extra_body=GREEDY, tools=[WEATHER, TIME],
                   tool_choice={"type": "any", "disable_parallel_tool_use": True},
