@@ -122,6 +122,10 @@ class Backend:
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, **extra: Any) -> Iterator[Delta]:
         raise NotImplementedError
 
+    def count_chat(self, messages: list[dict], **extra: Any) -> int:
+        """The prompt tokens `chat(messages, ..., **extra)` would use (for token-counting routes)."""
+        raise BackendError(f"model {self.spec.name!r} cannot count prompt tokens")
+
 
 # (type, format) -> "module:Class". Imported lazily so a missing optional engine
 # only fails the models that need it, with a clear message.

@@ -101,18 +101,29 @@ class LlamaBackend(Backend):
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
              tool_choice: Any = None, response_format: dict | None = None, **template_vars: Any) -> Iterator[Delta]:
+        mode, functions, prompt = self._chat_prompt(messages, tools, tool_choice, **template_vars)
+        if mode == "none":
+            grammar = _response_grammar(response_format)
+            if grammar:
+                params = replace(params, grammar=grammar)
+            return self.generate(prompt, params, cancelled)
+        if mode == "required":
+            return self._tool_call(prompt, functions, params, cancelled, spent=0)
+        return self._auto(prompt, functions, params, cancelled)
+
+    def count_chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
+                   response_format: dict | None = None, **template_vars: Any) -> int:
+        return len(self._chat_prompt(messages, tools, tool_choice, **template_vars)[2])
+
+    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
+                     **template_vars: Any) -> tuple[str, list[dict], list[int]]:
+        """(tool mode, functions, prompt tokens): the one prompt both `chat` and `count_chat` see."""
         mode, functions = tools_mod.choose(tools, tool_choice)
         if mode == "none":
             if tools:
                 messages = tools_mod.without_tools(messages)
-            grammar = _response_grammar(response_format)
-            if grammar:
-                params = replace(params, grammar=grammar)
-            return self.generate(self._chat_tokens(messages, **template_vars), params, cancelled)
-        prompt = self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
-        if mode == "required":
-            return self._tool_call(prompt, functions, params, cancelled, spent=0)
-        return self._auto(prompt, functions, params, cancelled)
+            return mode, functions, self._chat_tokens(messages, **template_vars)
+        return mode, functions, self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
 
     def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         # The template already wrote BOS where the model wants it.
@@ -206,11 +217,42 @@ class LlamaBackend(Backend):
             cancelled=cancelled)
 
 
+# Keywords that describe a value without constraining it: a schema made of these only allows any value.
+ANNOTATIONS = {"description", "title", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly",
+               "$schema", "$id"}
+# Where a schema holds schemas: one, a list of them, or a map of names to them.
+SUBSCHEMA, SUBSCHEMA_LISTS, SUBSCHEMA_MAPS = (
+    ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else"),
+    ("anyOf", "oneOf", "allOf", "prefixItems"),
+    ("properties", "patternProperties", "$defs", "definitions"),
+)
+
+
+def _annotations_mean_any(schema: Any) -> Any:
+    """`{"description": ...}` alone means "any value" in JSON Schema (agents such as Claude Code send
+    such properties), but llama-cpp-python's converter rejects it; `{}` it reads as any value."""
+    if not isinstance(schema, dict):
+        return schema
+    if schema and set(schema) <= ANNOTATIONS:
+        return {}
+    out = dict(schema)
+    for key in SUBSCHEMA:
+        if isinstance(out.get(key), dict):
+            out[key] = _annotations_mean_any(out[key])
+    for key in SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_annotations_mean_any(item) for item in out[key]]
+    for key in SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _annotations_mean_any(item) for name, item in out[key].items()}
+    return out
+
+
 def _json_grammar(schema: dict) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return json_schema_to_gbnf(json.dumps(_annotations_mean_any(schema)))
     except Exception as exc:  # noqa: BLE001 - the converter asserts on what it cannot express
         raise BackendError(f"this JSON Schema cannot be turned into a generation grammar: {exc}") from None
 

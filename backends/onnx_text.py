@@ -225,6 +225,16 @@ class OnnxTextBackend(Backend):
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *,
              tools: list[dict] | None = None, tool_choice: Any = None, response_format: dict | None = None,
              **template_vars: Any) -> Iterator[Delta]:
+        tokens = self._chat_prompt(messages, tools, tool_choice, response_format, **template_vars)
+        return self.generate(tokens, params, cancelled)
+
+    def count_chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
+                   response_format: dict | None = None, **template_vars: Any) -> int:
+        return len(self._chat_prompt(messages, tools, tool_choice, response_format, **template_vars))
+
+    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
+                     response_format: dict | None, **template_vars: Any) -> list[int]:
+        """The prompt tokens of a chat request (shared by `chat` and `count_chat`); what ONNX cannot do is a 400."""
         mode, _ = tools_mod.choose(tools, tool_choice)
         if mode != "none":
             raise BackendError(f"model {self.spec.name!r} (ONNX) does not support tool calling; "
@@ -233,8 +243,7 @@ class OnnxTextBackend(Backend):
             messages = tools_mod.without_tools(messages)
         if response_format and response_format.get("type") not in (None, "text"):
             raise BackendError(f"model {self.spec.name!r} (ONNX) supports only response_format type \"text\"")
-        tokens = self.tokenize(self.render_chat(messages, **template_vars), special=False)  # the template wrote BOS
-        return self.generate(tokens, params, cancelled)
+        return self.tokenize(self.render_chat(messages, **template_vars), special=False)  # the template wrote BOS
 
     # -- generation ----------------------------------------------------------
 

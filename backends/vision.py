@@ -313,6 +313,10 @@ class VisionBackend(LlamaBackend):
         # which here is the handler's prefill: all of that works with images too.
         return super().chat(prepare_messages(messages), params, cancelled, **options)
 
+    def count_chat(self, messages: list[dict], **options: Any) -> int:
+        # Image positions count, as in `prompt_tokens`: the handler evaluates the images to know them.
+        return super().count_chat(prepare_messages(messages), **options)
+
     def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         return self.prefill(messages, template_vars)
 

@@ -145,28 +145,29 @@ class Gateway:
         request.state["request_id"] = request_id
         current_model.set("")  # a server may run several requests of one connection in one task
         started = request.state["started"] = time.perf_counter()
+        style = routes.ERROR_STYLES.get(request.path)
         try:
             current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)
         except HTTPError as exc:
-            response = exc.response()
+            response = exc.response(style)
         except ModelUnavailable as exc:
             response = HTTPError(exc.status, str(exc), code=exc.code,
-                                 headers={"retry-after": str(exc.retry_after)}).response()
+                                 headers={"retry-after": str(exc.retry_after)}).response(style)
         except BackendError as exc:
-            response = HTTPError(400, str(exc), code="invalid_request").response()
+            response = HTTPError(400, str(exc), code="invalid_request").response(style)
         except UpstreamError as exc:
             headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after else None
             response = HTTPError(exc.status, str(exc), code=exc.code,
                                  type="rate_limit_error" if exc.status == 429 else "server_error",
-                                 headers=headers).response()
+                                 headers=headers).response(style)
         except ValidationError as exc:
-            response = HTTPError(400, str(exc.errors()[0]["msg"]), code="invalid_value").response()
+            response = HTTPError(400, str(exc.errors()[0]["msg"]), code="invalid_value").response(style)
         except Exception:  # noqa: BLE001 - logged with its traceback, answered without it
             log.exception("unhandled error on %s %s", request.method, request.path,
                           extra={"event": "error", "request_id": request_id})
             response = HTTPError(500, "Internal server error; see the gateway log for request " + request_id,
-                                 code="internal_error").response()
+                                 code="internal_error").response(style)
         if request.method == "HEAD" and isinstance(response, Response):
             response.body = b""
         response.headers["x-request-id"] = request_id
@@ -207,13 +208,13 @@ class Gateway:
         request.state["route"] = route
         return await handler(request)
 
-    def body_timeout(self) -> Response:
+    def body_timeout(self, path: str = "") -> Response:
         """408 for a body that did not arrive within server.body_timeout_s; the connection closes."""
         limit = self.manifest.server.body_timeout_s
         return HTTPError(408, f"The request body did not arrive within {limit:g}s (server.body_timeout_s).",
-                         code="request_timeout", headers={"connection": "close"}).response()
+                         code="request_timeout", headers={"connection": "close"}).response(routes.ERROR_STYLES.get(path))
 
-    def too_large(self) -> Response:
+    def too_large(self, path: str = "") -> Response:
         limit = self.manifest.server.max_body_bytes
         return HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",
-                         code="request_too_large").response()
+                         code="request_too_large").response(routes.ERROR_STYLES.get(path))

@@ -19,7 +19,8 @@ from gateway.redact import scrub
 
 
 class HTTPError(Exception):
-    """An error answered in the OpenAI envelope."""
+    """An error answered in the OpenAI envelope, or in the envelope of the route's own API
+    (`style`: a function of the error that returns the body, as `routes.ERROR_STYLES` lists)."""
 
     default_types = {
         400: "invalid_request_error",
@@ -43,12 +44,18 @@ class HTTPError(Exception):
         self.type = type or self.default_types.get(status, "server_error" if status >= 500 else "invalid_request_error")
         self.headers = headers or {}
 
-    def envelope(self) -> dict[str, Any]:
+    def envelope(self, style: "ErrorStyle | None" = None) -> dict[str, Any]:
         # Every error answer passes here: a URL in a message (an upstream's) never shows its credentials.
-        return {"error": {"message": scrub(self.message), "type": self.type, "param": self.param, "code": self.code}}
+        self.message = scrub(self.message)
+        if style is not None:
+            return style(self)
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> "Response":
-        return json_response(self.envelope(), self.status, self.headers)
+    def response(self, style: "ErrorStyle | None" = None) -> "Response":
+        return json_response(self.envelope(style), self.status, self.headers)
+
+
+ErrorStyle = Callable[[HTTPError], dict[str, Any]]
 
 
 @dataclass

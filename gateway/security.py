@@ -52,8 +52,8 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             token = request.headers.get("x-api-key", "")
             if not token:
-                raise HTTPError(401, "Missing API key: send `Authorization: Bearer <key>`.", code="missing_api_key",
-                                headers={"www-authenticate": "Bearer"})
+                raise HTTPError(401, "Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+                                code="missing_api_key", headers={"www-authenticate": "Bearer"})
         token = token.strip().encode()
         found = None
         for key in self.keys:

@@ -277,6 +277,23 @@ def test_a_body_that_never_arrives_is_a_408_after_the_body_timeout(engine, start
         assert json.loads(body)["choices"][0]["text"] == " w0 w1"
 
 
+def test_messages_routes_answer_every_error_in_the_anthropic_envelope(fake_server):
+    """Also errors raised before the handler: body size (in the adapter), unknown method, unknown model."""
+    url = fake_server.url + "/v1/messages"
+    hi = [{"role": "user", "content": "hi"}]
+    declared = httpx.post(url, json={"model": "a", "max_tokens": 1, "messages": hi, "system": "x" * LIMIT}, timeout=30)
+    chunked = httpx.post(url, content=(b"x" * 100_000 for _ in range(11)),
+                         headers={"content-type": "application/json"}, timeout=30)
+    wrong_method = httpx.get(url)
+    unknown = httpx.post(url, json={"model": "no-such-model", "max_tokens": 1, "messages": hi})
+    for answer, status, kind in ((declared, 413, "request_too_large"), (chunked, 413, "request_too_large"),
+                                 (wrong_method, 405, "invalid_request_error"), (unknown, 404, "not_found_error")):
+        assert answer.status_code == status and answer.json()["type"] == "error", answer.text
+        assert answer.json()["error"]["type"] == kind and answer.json()["error"]["message"]
+    ok = httpx.post(url, json={"model": "a", "max_tokens": 2, "messages": hi}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["type"] == "message"
+
+
 # -- uploads and query strings -----------------------------------------------------------
 
 

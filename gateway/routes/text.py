@@ -237,6 +237,18 @@ async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
     comes through here: one path for prompting, sampling, tools, response format,
     images and usage. Returns the model, the first delta (already pulled, so load
     and prompt errors are HTTP statuses) and the rest of the stream."""
+    handle, params, messages, options = await chat_inputs(gw, request, body)
+    deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, **options))
+    request.state["stream"] = body.stream
+    first, deltas = await start_stream(handle, request, deltas)
+    return handle, first, deltas
+
+
+async def chat_inputs(gw: "Gateway", request: Request, body: ChatRequest
+                      ) -> tuple[ModelHandle, SamplingParams, list[dict[str, Any]], dict[str, Any]]:
+    """The model, sampling, messages and options `backend.chat` gets for this request;
+    token counting (`backend.count_chat`) uses the same ones, so a count is the
+    prompt the generation would see."""
     handle = gw.select_model(body.model, "chat", request.path)
     params = sampling(body, handle, default_max=None)
     params.logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -254,10 +266,7 @@ async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
         options.update(tools=tools, tool_choice=tool_choice)
     if body.response_format:
         options["response_format"] = body.response_format
-    deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, **options))
-    request.state["stream"] = body.stream
-    first, deltas = await start_stream(handle, request, deltas)
-    return handle, first, deltas
+    return handle, params, messages, options
 
 
 async def chat_completions(gw: "Gateway", request: Request) -> Response | StreamResponse:

@@ -47,9 +47,9 @@ class RSGIApp:
             body = await asyncio.wait_for(self._read_body(headers, protocol),
                                           self.gateway.manifest.server.body_timeout_s)
         except asyncio.TimeoutError:
-            return self._send(protocol, self.gateway.body_timeout())
+            return self._send(protocol, self.gateway.body_timeout(scope.path))
         if body is None:
-            return self._send(protocol, self.gateway.too_large())
+            return self._send(protocol, self.gateway.too_large(scope.path))
         request = Request(
             method=scope.method,
             path=scope.path,

@@ -190,17 +190,17 @@ class RobynAdapter:
         headers = {k.lower(): v for k, v in request.headers.to_dict().items()}
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return self.gateway.too_large()
+            return self.gateway.too_large(request.url.path)
         body = request.body
         if isinstance(body, str):  # Robyn hands over UTF-8 bodies decoded
             body = body.encode("utf-8")
         if len(body) > limit:  # chunked bodies have no declared length
-            return self.gateway.too_large()
+            return self.gateway.too_large(request.url.path)
         if "multipart/form-data" in headers.get("content-type", ""):  # Robyn's own test, verbatim
             body, headers["content-type"] = rebuild_multipart(request.form_data, request.files)
             headers["content-length"] = str(len(body))
             if len(body) > limit:
-                return self.gateway.too_large()
+                return self.gateway.too_large(request.url.path)
         return Request(
             method=request.method,
             path=unquote(request.url.path),  # Robyn leaves the path percent-encoded; Granian decodes it
