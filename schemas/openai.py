@@ -101,7 +101,7 @@ class ChatRequest(SamplingFields):
     tool_choice: Union[str, dict[str, Any], None] = None
     functions: list[dict[str, Any]] | None = Field(None, description="deprecated OpenAI form of `tools`")
     function_call: Union[str, dict[str, Any], None] = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: bool = Field(True, description="false: at most one tool call per turn")
     logprobs: bool = False
 
     @property
