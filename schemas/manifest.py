@@ -94,6 +94,9 @@ class ServerSettings(BaseSettings):
     image_url_hosts: list[str] = Field(default_factory=list)
     image_fetch_max_bytes: int = Field(20 * 1024 * 1024, gt=0)
     image_fetch_timeout_s: float = Field(10.0, gt=0)
+    # Responses API (`store: true`): how many responses are kept in memory, and for how long.
+    responses_max_stored: int = Field(1000, ge=0, description="0: store nothing")
+    responses_ttl_s: float = Field(3600.0, gt=0)
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod

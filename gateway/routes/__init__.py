@@ -6,9 +6,9 @@ A handler is `async def handler(gateway, request) -> Response | StreamResponse`.
 
 from __future__ import annotations
 
-from gateway.routes import admin, audio, discovery, embeddings, gitops, images, playground, text
+from gateway.routes import admin, audio, discovery, embeddings, gitops, images, playground, responses, text
 
-MODULES = [text, audio, embeddings, images, discovery, admin, playground, gitops]
+MODULES = [text, responses, audio, embeddings, images, discovery, admin, playground, gitops]
 
 ROUTES = [route for module in MODULES for route in module.ROUTES]
 
@@ -18,6 +18,7 @@ CAPABILITY_ROUTES = {
     "/v1/completions": "complete",
     "/v1/chat/completions": "chat",
     "/v1/function-calling": "chat",
+    "/v1/responses": "chat",
     "/v1/embeddings": "embed",
     "/v1/audio/transcriptions": "transcribe",
     "/v1/audio/translations": "translate",
