@@ -29,8 +29,9 @@ def _id(prefix: str) -> str:
 
 
 class ResponseTurn:
-    def __init__(self, response: ResponseObject):
+    def __init__(self, response: ResponseObject, namespaces: dict[str, str] | None = None):
         self.response = response
+        self.namespaces = namespaces or {}  # function name -> the `namespace` tool it came in
         self.sequence = 0
         self.message: OutputMessage | None = None  # the assistant text item, once text arrives
         self.finished = False
@@ -98,8 +99,9 @@ class ResponseTurn:
 
     def _call(self, call: dict[str, Any]) -> list[Event]:
         arguments = call["function"]["arguments"]
-        item = FunctionCallItem(id=_id("fc"), call_id=call["id"], name=call["function"]["name"], arguments="",
-                                status="in_progress")
+        name = call["function"]["name"]
+        item = FunctionCallItem(id=_id("fc"), call_id=call["id"], name=name, arguments="", status="in_progress",
+                                namespace=self.namespaces.get(name))
         self.response.output.append(item)
         index = self._index(item)
         events = [self.event("response.output_item.added", output_index=index, item=item.model_dump(mode="json"))]

@@ -101,6 +101,7 @@ class FunctionCallItem(BaseModel):
     name: str
     arguments: str
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
+    namespace: str | None = None  # for functions declared inside a `namespace` tool
 
 
 class InputTokensDetails(BaseModel):

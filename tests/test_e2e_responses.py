@@ -228,6 +228,21 @@ def test_a_named_tool_choice(client):
     assert {c.name for c in function_calls(response)} == {"get_time"}
 
 
+def test_functions_inside_a_namespace_tool(client):
+    """Codex groups some of its function tools in a `namespace` tool; a call names its namespace."""
+    grouped = {"type": "namespace", "name": "weather_v1", "description": "Weather tools",
+               "tools": [{k: v for k, v in WEATHER.items() if k != "strict"}]}
+    response = client.responses.create(model="smollm2", input=QUESTION, tools=[grouped], tool_choice="required")
+    calls = function_calls(response)
+    assert calls and all(c.name == "get_weather" and c.namespace == "weather_v1" for c in calls)
+    flat = client.responses.create(model="smollm2", input=QUESTION, tools=[WEATHER], tool_choice="required")
+    assert all(c.namespace is None for c in function_calls(flat))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="smollm2", input="Hi", tools=[{"type": "namespace", "name": "n", "description": "",
+                                                                     "tools": [{"type": "web_search"}]}])
+    assert info.value.response.json()["error"]["param"] == "tools[0].tools[0].type"
+
+
 # -- stored responses --------------------------------------------------------------------------
 
 

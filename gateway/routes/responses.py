@@ -137,19 +137,32 @@ def messages_of(instructions: str | None, items: list[dict[str, Any]]) -> list[d
     return messages
 
 
-def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+def functions_of(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Flat function tools -> chat tools, and the namespace of each function that came inside a
+    `namespace` tool (Codex groups some of its tools that way; a call then names its namespace)."""
+    out: list[dict[str, Any]] = []
+    namespaces: dict[str, str] = {}
     for index, tool in enumerate(tools):
-        kind = tool.get("type")
-        if kind != "function":
-            raise HTTPError(400, f"tools[{index}] is a hosted tool ({kind!r}), which this gateway does not run; "
-                                 "only `function` tools (executed by the client) are supported.",
-                            param=f"tools[{index}].type", code="unsupported_tool")
-        if not isinstance(tool.get("name"), str):
-            raise HTTPError(400, f"tools[{index}] needs a `name`.", param=f"tools[{index}].name", code="invalid_value")
-        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
-        out.append({"type": "function", "function": function})
-    return out
+        where = f"tools[{index}]"
+        if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+            for inner_index, inner in enumerate(tool["tools"]):
+                out.append(_function(inner, f"{where}.tools[{inner_index}]"))
+                namespaces[inner["name"]] = str(tool.get("name"))
+        else:
+            out.append(_function(tool, where))
+    return out, namespaces
+
+
+def _function(tool: Any, where: str) -> dict[str, Any]:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if kind != "function":
+        raise HTTPError(400, f"{where} is a hosted tool ({kind!r}), which this gateway does not run; "
+                             "only `function` tools (executed by the client) are supported.",
+                        param=f"{where}.type", code="unsupported_tool")
+    if not isinstance(tool.get("name"), str):
+        raise HTTPError(400, f"{where} needs a `name`.", param=f"{where}.name", code="invalid_value")
+    function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+    return {"type": "function", "function": function}
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
@@ -173,7 +186,7 @@ def _response_format(body: ResponsesRequest) -> dict[str, Any] | None:
     return {"type": fmt.type} if fmt.type == "json_object" else None
 
 
-def chat_request(body: ResponsesRequest, messages: list[dict[str, Any]]) -> ChatRequest:
+def chat_request(body: ResponsesRequest, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ChatRequest:
     if not messages:
         raise HTTPError(400, "`input` is empty: send a string or at least one item.", param="input",
                         code="invalid_value")
@@ -183,8 +196,8 @@ def chat_request(body: ResponsesRequest, messages: list[dict[str, Any]]) -> Chat
         "user": body.user, "parallel_tool_calls": body.parallel_tool_calls,
         "tool_choice": _tool_choice(body.tool_choice), "response_format": _response_format(body),
     }
-    if body.tools:
-        data["tools"] = _tools(body.tools)
+    if tools:
+        data["tools"] = tools
     elif data["tool_choice"] == "auto":
         data["tool_choice"] = None
     try:
@@ -213,7 +226,8 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
             raise not_found(body.previous_response_id, "previous_response_id")
         history = [*previous.input_items, *previous.response["output"]]
     items = history + input_items(body)
-    chat = chat_request(body, messages_of(body.instructions, items))
+    tools, namespaces = functions_of(body.tools)
+    chat = chat_request(body, messages_of(body.instructions, items), tools)
     try:
         handle, first, deltas = await open_chat(gw, request, chat)
     except HTTPError as exc:
@@ -226,7 +240,7 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
         parallel_tool_calls=body.parallel_tool_calls, previous_response_id=body.previous_response_id,
         store=body.store, temperature=body.temperature, top_p=body.top_p, tool_choice=body.tool_choice,
         tools=body.tools, text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)},
-        user=body.user, metadata=body.metadata))
+        user=body.user, metadata=body.metadata), namespaces)
 
     def keep(response: dict[str, Any]) -> None:
         if body.store and response["status"] != "failed":
