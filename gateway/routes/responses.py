@@ -252,10 +252,10 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
                 yield _event(event)
             try:
                 async for delta in chain(first, deltas):
-                    events = turn.feed(delta)
+                    batch = turn.feed(delta)
                     if turn.finished:
                         keep(turn.dump())  # before the terminal event: a client may retrieve it at once
-                    for event in events:
+                    for event in batch:
                         yield _event(event)
             except Exception as exc:  # noqa: BLE001 - reported in-band once headers are sent
                 yield _event(turn.fail(exc))
