@@ -100,19 +100,25 @@ class LlamaBackend(Backend):
         return self.generate(tokens, params, cancelled)
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
-             tool_choice: Any = None, response_format: dict | None = None, **template_vars: Any) -> Iterator[Delta]:
+             tool_choice: Any = None, response_format: dict | None = None, parallel_tool_calls: bool = True,
+             **template_vars: Any) -> Iterator[Delta]:
+        """`parallel_tool_calls` (OpenAI's default: true) lets one turn call several functions."""
         mode, functions, prompt = self._chat_prompt(messages, tools, tool_choice, **template_vars)
         if mode == "none":
             grammar = _response_grammar(response_format)
             if grammar:
                 params = replace(params, grammar=grammar)
             return self.generate(prompt, params, cancelled)
+        grammar = _json_grammar(tools_mod.call_schema(functions))
+        if tools_mod.allows_parallel(tool_choice, parallel_tool_calls):
+            grammar = tools_mod.calls_grammar(grammar)
         if mode == "required":
-            return self._tool_call(prompt, functions, params, cancelled, spent=0)
-        return self._auto(prompt, functions, params, cancelled)
+            return self._tool_call(prompt, grammar, params, cancelled, spent=0)
+        return self._auto(prompt, grammar, params, cancelled)
 
     def count_chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
                    response_format: dict | None = None, **template_vars: Any) -> int:
+        template_vars.pop("parallel_tool_calls", None)
         return len(self._chat_prompt(messages, tools, tool_choice, **template_vars)[2])
 
     def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
@@ -129,23 +135,28 @@ class LlamaBackend(Backend):
         # The template already wrote BOS where the model wants it.
         return self.tokenize(self.render_chat(messages, **template_vars), add_bos=False, special=True)
 
-    def _tool_call(self, prompt: list[int], functions: list[dict], params: SamplingParams, cancelled: Cancelled,
+    def _tool_call(self, prompt: list[int], grammar: str, params: SamplingParams, cancelled: Cancelled,
                    spent: int) -> Iterator[Delta]:
-        """Generate one call under a grammar of the tools' schemas, after the call marker."""
+        """Generate the call(s) under `grammar` (built from the tools' schemas), after the call marker."""
         marker = self.tokenize(tools_mod.MARKER, add_bos=False, special=False)
-        grammar = _json_grammar(tools_mod.call_schema(functions))
-        text, last = "", None
+        text, last, repeated = "", None, False
+
+        def stop() -> bool:  # a repeated call ends the turn (parse_calls drops the repeat)
+            return repeated or cancelled()
+
         call_params = replace(params, grammar=grammar, stop=[], max_tokens=max(params.max_tokens - spent, 1))
-        for delta in self.generate(prompt + marker, call_params, cancelled):
+        for delta in self.generate(prompt + marker, call_params, stop):
             text += delta.text
             last = delta
+            if "}" in delta.text:  # a call may have just closed
+                repeated = tools_mod.repeats_a_call(text)
         usage = Usage(len(prompt), spent + (last.usage.completion_tokens if last and last.usage else 0))
-        if last is not None and last.finish_reason == "cancelled":
+        if last is not None and last.finish_reason == "cancelled" and not repeated:
             yield Delta(finish_reason="cancelled", usage=usage)
             return
-        yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=[tools_mod.parse_call(text)])
+        yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=tools_mod.parse_calls(text))
 
-    def _auto(self, prompt: list[int], functions: list[dict], params: SamplingParams,
+    def _auto(self, prompt: list[int], grammar: str, params: SamplingParams,
               cancelled: Cancelled) -> Iterator[Delta]:
         """Let the model choose. Its answer is plain content until it writes the call marker
         (at the start or after some words); from the marker on, the call is generated under
@@ -165,7 +176,7 @@ class LlamaBackend(Backend):
             return
         spent = final.usage.completion_tokens if final.usage else 0
         before = self.tokenize(content, add_bos=False) if content else []
-        for delta in self._tool_call(prompt + before, functions, params, cancelled, spent=spent):
+        for delta in self._tool_call(prompt + before, grammar, params, cancelled, spent=spent):
             if delta.usage:
                 delta.usage.prompt_tokens = len(prompt)
             yield delta

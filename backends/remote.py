@@ -156,10 +156,13 @@ class RemoteTextBackend(RemoteBackend):
         return self._generate("completions", body, cancelled)
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
-             tool_choice: Any = None, response_format: dict | None = None, **_: Any) -> Iterator[Delta]:
+             tool_choice: Any = None, response_format: dict | None = None, parallel_tool_calls: bool = True,
+             **_: Any) -> Iterator[Delta]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, **_sampling(params), **_STREAM}
         if tools:
             body["tools"] = tools
+            if not parallel_tool_calls:
+                body["parallel_tool_calls"] = False
             if tool_choice is not None:
                 body["tool_choice"] = tool_choice
         if response_format:

@@ -137,6 +137,102 @@ def parse_call(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BackendError(f"the model produced an incomplete tool call (raise max_tokens?): {exc}") from None
+    return _openai_call(data)
+
+
+def allows_parallel(tool_choice: Any, parallel_tool_calls: bool) -> bool:
+    """Several calls in one turn: OpenAI's default, except that a named tool_choice forces
+    exactly one call of that function."""
+    return parallel_tool_calls and not isinstance(tool_choice, dict)
+
+
+def parse_calls(text: str) -> list[dict[str, Any]]:
+    """Turn what `calls_grammar` generated (`{call}</tool_call><tool_call>{call}...`) into
+    OpenAI tool calls, each with its own id. A call identical to an earlier one (same name,
+    same arguments: small models like to repeat themselves) is dropped. A last call cut short
+    by the token budget is dropped when complete ones precede it; with none complete it is an
+    error, as for one call."""
+    return [_openai_call(data) for data in _unique(_decoded_calls(text))]
+
+
+def repeats_a_call(text: str) -> bool:
+    """Whether the last complete call in `text` repeats an earlier one (generation can stop there)."""
+    decoded = _decoded_calls(text, partial_ok=True)
+    return len(decoded) > 1 and len(_unique(decoded)) < len(decoded)
+
+
+def _unique(decoded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for data in decoded:
+        key = json.dumps(data, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(data)
+    return out
+
+
+def _decoded_calls(text: str, partial_ok: bool = False) -> list[dict[str, Any]]:
+    decoder, calls, pos = json.JSONDecoder(), [], 0
+    while True:
+        for token in (END_MARKER, MARKER):
+            pos = len(text) - len(text[pos:].lstrip())
+            if text.startswith(token, pos):
+                pos += len(token)
+        pos = len(text) - len(text[pos:].lstrip())
+        if pos >= len(text):
+            break
+        try:
+            data, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            if calls or partial_ok:
+                break
+            raise BackendError(f"the model produced an incomplete tool call (raise max_tokens?): {exc}") from None
+        calls.append(data)
+    if not calls and not partial_ok:
+        raise BackendError("the model produced an incomplete tool call (raise max_tokens?)")
+    return calls
+
+
+def calls_grammar(call_grammar: str) -> str:
+    """A GBNF grammar for one or more calls, each under `call_grammar` (the JSON grammar of
+    one call, whose start rule is `root`), separated by the markers the tool prompt shows.
+    The model may stop after any complete call."""
+    renamed = _rename_rule(call_grammar, "root", "nexa-tool-call")
+    return (f'root ::= nexa-tool-call ( "{END_MARKER}" ( "\\n"? "{MARKER}" nexa-tool-call "{END_MARKER}" )* )?\n'
+            + renamed)
+
+
+def _rename_rule(grammar: str, old: str, new: str) -> str:
+    """Rename a GBNF rule and its references, leaving quoted literals and [character classes] alone."""
+    out, i = [], 0
+    while i < len(grammar):
+        char = grammar[i]
+        if char in "\"[":
+            close = "\"" if char == "\"" else "]"
+            j = i + 1
+            while j < len(grammar) and grammar[j] != close:
+                j += 2 if grammar[j] == "\\" else 1
+            out.append(grammar[i:j + 1])
+            i = j + 1
+        elif char.isalnum() or char in "-_":
+            j = i
+            while j < len(grammar) and (grammar[j].isalnum() or grammar[j] in "-_"):
+                j += 1
+            word = grammar[i:j]
+            out.append(new if word == old else word)
+            i = j
+        elif char == "#":  # a comment runs to the end of the line
+            j = grammar.find("\n", i)
+            j = len(grammar) if j < 0 else j
+            out.append(grammar[i:j])
+            i = j
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _openai_call(data: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": f"call_{uuid.uuid4().hex[:24]}",
         "type": "function",

@@ -18,6 +18,7 @@ from gateway.config import manifest_hash
 from gateway.http import HTTPError, Request, Response, Router, StreamResponse
 from gateway.plan import Plan
 from gateway.pool import ModelHandle, ModelPool, ModelUnavailable
+from gateway.responses_store import ResponseStore
 from gateway.security import Authenticator, check_model, cors_headers, current_key, load_keys
 from schemas.manifest import Manifest
 
@@ -62,6 +63,7 @@ class Gateway:
         self.reloader = None
         self._reloader_options = reloader_options
         self._unserved: dict[str, str] = {}
+        self.responses_store = ResponseStore()  # the Responses API's `store: true` (gateway/routes/responses.py)
 
     # -- lifecycle -----------------------------------------------------------
 

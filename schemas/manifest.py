@@ -109,6 +109,9 @@ class ServerSettings(BaseSettings):
     # Every input image (vision chat, /v1/img2img): at most this many pixels (width x height); a
     # vision model's options.max_image_pixels overrides it for that model.
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest input image, width x height")
+    # Responses API (`store: true`): how many responses are kept in memory, and for how long.
+    responses_max_stored: int = Field(1000, ge=0, description="0: store nothing")
+    responses_ttl_s: float = Field(3600.0, gt=0)
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod

@@ -220,7 +220,7 @@ class ChatRequest(SamplingFields):
     tool_choice: ToolChoice | None = None
     functions: list[FunctionParam] | None = Field(None, description="deprecated OpenAI form of `tools`")
     function_call: LegacyFunctionCall | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: bool = Field(True, description="false: at most one tool call per turn")
     logprobs: bool = False
 
     @property

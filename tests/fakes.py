@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from backends.base import Backend, Delta, LoadError, SamplingParams, Usage
+from backends.base import Backend, BackendError, Delta, LoadError, SamplingParams, Usage
 
 EVENTS: list[tuple[str, Any]] = []  # (what, detail) in the order things happened
 
@@ -35,6 +35,8 @@ class FakeBackend(Backend):
                 yield Delta(finish_reason="cancelled", usage=Usage(1, i))
                 return
             time.sleep(delay)
+            if i == self.spec.options.get("fail_after"):  # a failure mid-stream, after some text
+                raise BackendError("fake failure mid-stream")
             self.produced += 1
             yield Delta(text=f" w{i}")
         EVENTS.append(("end", prompt))

@@ -10,9 +10,10 @@ published contract: GET /openapi.json (gateway/openapi.py).
 from __future__ import annotations
 
 from gateway.http import Route
-from gateway.routes import admin, audio, discovery, embeddings, gitops, images, messages, openapi, playground, text
+from gateway.routes import (admin, audio, discovery, embeddings, gitops, images, messages, openapi, playground,
+                            responses, text)
 
-MODULES = [text, messages, audio, embeddings, images, discovery, admin, playground, gitops, openapi]
+MODULES = [text, responses, messages, audio, embeddings, images, discovery, admin, playground, gitops, openapi]
 
 TABLE = [Route(*route) for module in MODULES for route in module.ROUTES]
 ROUTES = [tuple(route[:4]) for route in TABLE]  # (method, path, capability, handler), as the gateway wires them
@@ -31,6 +32,7 @@ CAPABILITY_ROUTES = {
     "/v1/function-calling": "chat",
     "/v1/messages": "chat",
     "/v1/messages/count_tokens": "chat",
+    "/v1/responses": "chat",
     "/v1/embeddings": "embed",
     "/v1/audio/transcriptions": "transcribe",
     "/v1/audio/translations": "translate",

@@ -263,7 +263,7 @@ async def chat_inputs(gw: "Gateway", request: Request, body: ChatRequest
         tool_choice = "required"
     options: dict[str, Any] = {}
     if tools:
-        options.update(tools=tools, tool_choice=tool_choice)
+        options.update(tools=tools, tool_choice=tool_choice, parallel_tool_calls=body.parallel_tool_calls)
     if body.response_format:
         options["response_format"] = body.response_format
     return handle, params, messages, options
