@@ -20,7 +20,12 @@ Cancelled = Callable[[], bool]
 
 
 class BackendError(Exception):
-    """An engine failure that is the caller's fault (bad input), not a crash."""
+    """An engine failure that is the caller's fault (bad input), not a crash.
+    `param` names the request field at fault, for the error envelope."""
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class LoadError(Exception):

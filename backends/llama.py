@@ -135,7 +135,10 @@ class LlamaBackend(Backend):
     def complete(self, prompt: str | list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt, add_bos=True)
         if not tokens:
-            raise BackendError("the prompt is empty")
+            raise BackendError("the prompt is empty", param="prompt")
+        vocab = self.llm.n_vocab()
+        if isinstance(prompt, list) and any(not 0 <= t < vocab for t in tokens):  # llama.cpp would fail in decode
+            raise BackendError(f"prompt token ids must be integers in [0, {vocab}) for this model", param="prompt")
         return self.generate(tokens, params, cancelled)
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
