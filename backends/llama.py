@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from backends import tools as tools_mod
+from backends import json_grammar, tools as tools_mod
 from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, TokenLogprob, Usage
 from backends.stops import StopScanner
 from schemas.manifest import Device, ModelSpec
@@ -150,6 +150,8 @@ class LlamaBackend(Backend):
             grammar = _response_grammar(response_format)
             if grammar:
                 params = replace(params, grammar=grammar)
+                return json_grammar.checked_json(self.generate(self._chat_tokens(messages, **template_vars), params,
+                                                               cancelled))
             return self.generate(self._chat_tokens(messages, **template_vars), params, cancelled)
         prompt = self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
         if mode == "required":
@@ -173,6 +175,9 @@ class LlamaBackend(Backend):
         usage = Usage(len(prompt), spent + (last.usage.completion_tokens if last and last.usage else 0))
         if last is not None and last.finish_reason == "cancelled":
             yield Delta(finish_reason="cancelled", usage=usage)
+            return
+        if last is not None and last.finish_reason == "length":  # the budget ran out inside the call
+            yield Delta(finish_reason="length", usage=usage, tool_calls=tools_mod.partial_calls(text) or None)
             return
         yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=[tools_mod.parse_call(text)])
 
@@ -274,24 +279,6 @@ class LlamaBackend(Backend):
 
 
 
-def _json_grammar(schema: dict) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # noqa: BLE001 - the converter asserts on what it cannot express
-        raise BackendError(f"this JSON Schema cannot be turned into a generation grammar: {exc}") from None
-
-
-def _response_grammar(response_format: dict | None) -> str | None:
-    """OpenAI `response_format`: json_object -> any JSON object; json_schema -> that schema."""
-    if not response_format or response_format.get("type") in (None, "text"):
-        return None
-    if response_format.get("type") == "json_object":
-        return _json_grammar({"type": "object"})
-    if response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BackendError("response_format.json_schema.schema must be a JSON Schema object")
-        return _json_grammar(schema)
-    raise BackendError(f"response_format type {response_format.get('type')!r} is not supported")
+# Every JSON grammar comes from backends/json_grammar.py (strict JSON only); these names stay for callers.
+_json_grammar = json_grammar.json_grammar
+_response_grammar = json_grammar.response_grammar

@@ -10,10 +10,12 @@ validates against the declared schema.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
 from backends.base import BackendError
+from backends.json_grammar import ConstrainedOutputError
 
 MARKER = "<tool_call>"
 END_MARKER = "</tool_call>"
@@ -132,13 +134,31 @@ def _loads(text: str) -> Any:
 
 
 def parse_call(text: str) -> dict[str, Any]:
-    """Turn generated call JSON into an OpenAI tool call."""
+    """Turn generated call JSON (a finished generation under the call grammar) into an OpenAI tool call.
+    The grammar admits only valid calls, so a call that does not parse is the gateway's failure."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"the model produced an incomplete tool call (raise max_tokens?): {exc}") from None
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": data["name"], "arguments": json.dumps(data["arguments"], ensure_ascii=False)},
-    }
+        name, arguments = data["name"], data["arguments"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConstrainedOutputError(f"the model's grammar-constrained tool call is not valid JSON: {exc}") from None
+    return _call(name, json.dumps(arguments, ensure_ascii=False))
+
+
+_PARTIAL = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*', re.DOTALL)
+
+
+def partial_calls(text: str) -> list[dict[str, Any]]:
+    """A call cut short by max_tokens, as OpenAI returns one (finish_reason "length"): its
+    name, and its arguments as far as they got (not valid JSON). None before the name is complete."""
+    try:
+        return [parse_call(text)]  # the call closed on the budget's last token
+    except ConstrainedOutputError:
+        pass
+    head = _PARTIAL.match(text)
+    if head is None:
+        return []
+    return [_call(json.loads(head.group(1)), text[head.end():])]
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}

@@ -208,3 +208,38 @@ def test_suffix_is_refused_not_ignored(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="smollm2", prompt="def add(a, b):", suffix="return c", max_tokens=3)
     assert info.value.response.json()["error"]["param"] == "suffix"
+
+
+# -- strict JSON under grammars (issue 13 §2) -----------------------------------------------------
+
+EXPLORE = {"temperature": 1.0, "top_p": 1.0, "extra_body": {"top_k": 0, "min_p": 0.0}}
+NOTE = {"type": "object", "required": ["title", "poem"], "properties": {
+    "title": {"type": "string", "maxLength": 24}, "poem": {"type": "string", "maxLength": 60}}}
+SAVE_NOTE = {"type": "function", "function": {"name": "save_poem", "parameters": NOTE}}
+# Line breaks and a tab to copy: the model then wants raw control characters inside a JSON string.
+POEM_ASK = [{"role": "user", "content": "Save this poem, titled Sea, exactly as written:\n"
+                                        "Roses are red,\nthe sea is blue,\n\tand I am here."}]
+
+
+@pytest.mark.timeout(900)
+def test_a_seed_sweep_of_calls_and_json_answers_is_strict_json(client):
+    """Through the server and the SDK: every call's arguments and every json_schema answer
+    parses with strict parsers (json.loads, and the SDK's pydantic `.parse()`)."""
+    from pydantic import BaseModel, Field
+
+    class Note(BaseModel):
+        title: str = Field(max_length=24)
+        poem: str = Field(max_length=60)
+
+    for seed in range(4):  # the in-process sweep (tests/test_json_grammar.py) does 50
+        answer = client.chat.completions.create(model="smollm2", messages=POEM_ASK, tools=[SAVE_NOTE], seed=seed,
+                                                tool_choice="required", max_tokens=400, **EXPLORE)
+        assert answer.choices[0].finish_reason == "tool_calls"
+        jsonschema.validate(json.loads(answer.choices[0].message.tool_calls[0].function.arguments), NOTE)
+        parsed = client.chat.completions.parse(model="smollm2", messages=POEM_ASK, response_format=Note, seed=seed,
+                                               max_tokens=400, **EXPLORE)
+        assert parsed.choices[0].finish_reason == "stop"
+        note = parsed.choices[0].message.parsed
+        assert isinstance(note, Note)
+        jsonschema.validate(json.loads(parsed.choices[0].message.content), Note.model_json_schema())
+
