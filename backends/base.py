@@ -58,6 +58,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     grammar: str | None = None
+    # Budget of the grammar-constrained part (a tool call, a JSON answer) when the request set no
+    # max_tokens: constrained decoding is slow, and a model can loop inside a JSON string until the context ends.
+    grammar_max_tokens: int | None = None
 
 
 @dataclass

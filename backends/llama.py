@@ -227,6 +227,8 @@ class LlamaBackend(Backend):
                 f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's context of {n_ctx} tokens"
             )
         budget = min(params.max_tokens, n_ctx - len(prompt_tokens))
+        if params.grammar and params.grammar_max_tokens:
+            budget = min(budget, params.grammar_max_tokens)
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
         grammar = None
         if params.grammar:

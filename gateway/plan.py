@@ -15,7 +15,7 @@ from schemas.manifest import Manifest, ModelSpec
 # (source, format, device, nctx, options, replicas, ...) needs new weights.
 LIVE_FIELDS = {
     "aliases", "system_prompt", "preload", "ttl_s", "pinned", "max_queue", "queue_timeout_s", "timeout_s",
-    "max_tokens_limit",
+    "max_tokens_limit", "grammar_max_tokens",
 }
 
 

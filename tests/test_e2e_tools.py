@@ -10,6 +10,8 @@ import jsonschema
 import openai
 import pytest
 
+from tests.conftest import write_manifest
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 USER_DETAIL = {
@@ -210,7 +212,7 @@ def test_suffix_is_refused_not_ignored(client):
     assert info.value.response.json()["error"]["param"] == "suffix"
 
 
-# -- strict JSON under grammars (issue 13 §2) -----------------------------------------------------
+# -- strict JSON under grammars (issue 13 §2) and their default budget (§5) ------------------------
 
 EXPLORE = {"temperature": 1.0, "top_p": 1.0, "extra_body": {"top_k": 0, "min_p": 0.0}}
 NOTE = {"type": "object", "required": ["title", "poem"], "properties": {
@@ -243,3 +245,24 @@ def test_a_seed_sweep_of_calls_and_json_answers_is_strict_json(client):
         assert isinstance(note, Note)
         jsonschema.validate(json.loads(parsed.choices[0].message.content), Note.model_json_schema())
 
+
+def test_grammar_generation_has_a_default_budget(start_server, smollm2_path, tmp_path):
+    """Without max_tokens a tool call or JSON answer gets `grammar_max_tokens` tokens (here 6), and
+    running out is finish_reason "length" (never a 400); max_tokens overrides it; plain text is not capped."""
+    manifest = write_manifest(tmp_path / "nexa.yaml", [
+        {"name": "smollm2", "source": str(smollm2_path), "nctx": 2048, "preload": True, "grammar_max_tokens": 6}])
+    server = start_server(["-c", str(manifest)])
+    small = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    cut = small.chat.completions.create(model="smollm2", messages=EXTRACT, tools=[USER_DETAIL], tool_choice="required",
+                                        temperature=0)
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 6
+    for call in cut.choices[0].message.tool_calls or []:  # the name once complete, the arguments as far as they got
+        assert call.function.name == "UserDetail"
+    text = small.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "A cat as JSON."}],
+                                         response_format={"type": "json_object"}, temperature=0)
+    assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 6
+    whole = small.chat.completions.create(model="smollm2", messages=EXTRACT, tools=[USER_DETAIL], max_tokens=200,
+                                          tool_choice="required", temperature=0)
+    assert whole.choices[0].finish_reason == "tool_calls" and whole.usage.completion_tokens > 6
+    plain = small.completions.create(model="smollm2", prompt="1, 2, 3, 4, 5,", temperature=0)
+    assert plain.usage.completion_tokens > 6
