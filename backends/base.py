@@ -20,7 +20,12 @@ Cancelled = Callable[[], bool]
 
 
 class BackendError(Exception):
-    """An engine failure that is the caller's fault (bad input), not a crash."""
+    """An engine failure that is the caller's fault (bad input), not a crash.
+    `param` names the request field at fault, for the error envelope."""
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class LoadError(Exception):
@@ -53,6 +58,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     grammar: str | None = None
+    # Budget of the grammar-constrained part (a tool call, a JSON answer) when the request set no
+    # max_tokens: constrained decoding is slow, and a model can loop inside a JSON string until the context ends.
+    grammar_max_tokens: int | None = None
 
 
 @dataclass

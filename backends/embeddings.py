@@ -86,7 +86,8 @@ class EmbeddingBackend(Backend):
             raise BackendError(f"input[{index}] is an empty token list")
         bad = next((t for t in ids if t < 0 or (self.n_vocab and t >= self.n_vocab)), None)
         if bad is not None:
-            raise BackendError(f"input[{index}] has token id {bad}, outside this model's vocabulary of {self.n_vocab}")
+            raise BackendError(f"input[{index}] has token id {bad}, outside this model's vocabulary of {self.n_vocab}",
+                               param="input")
 
     def fit(self, index: int, ids: list[int], truncate: bool) -> list[int]:
         """Cut an over-long sequence to `max_tokens` (keeping the closing special

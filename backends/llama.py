@@ -11,7 +11,6 @@ of llama-cpp-python's private attributes in backends/llama_private.py.
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from backends import llama_private as private
+from backends import json_grammar, llama_private as private
 from backends import textloop
 from backends import tools as tools_mod
 from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, TokenLogprob, Usage
@@ -96,7 +95,10 @@ class LlamaBackend(Backend):
     def complete(self, prompt: str | list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt, add_bos=True)
         if not tokens:
-            raise BackendError("the prompt is empty")
+            raise BackendError("the prompt is empty", param="prompt")
+        vocab = self.llm.n_vocab()
+        if isinstance(prompt, list) and any(not 0 <= t < vocab for t in tokens):  # llama.cpp would fail in decode
+            raise BackendError(f"prompt token ids must be integers in [0, {vocab}) for this model", param="prompt")
         return self.generate(tokens, params, cancelled)
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
@@ -107,7 +109,7 @@ class LlamaBackend(Backend):
         if mode == "none":
             grammar = _response_grammar(response_format)
             if grammar:
-                params = replace(params, grammar=grammar)
+                return json_grammar.checked_json(self.generate(prompt, replace(params, grammar=grammar), cancelled))
             return self.generate(prompt, params, cancelled)
         grammar = _json_grammar(tools_mod.call_schema(functions))
         if tools_mod.allows_parallel(tool_choice, parallel_tool_calls):
@@ -153,6 +155,9 @@ class LlamaBackend(Backend):
         usage = Usage(len(prompt), spent + (last.usage.completion_tokens if last and last.usage else 0))
         if last is not None and last.finish_reason == "cancelled" and not repeated:
             yield Delta(finish_reason="cancelled", usage=usage)
+            return
+        if last is not None and last.finish_reason == "length" and not repeated:  # the budget ran out in a call
+            yield Delta(finish_reason="length", usage=usage, tool_calls=tools_mod.partial_calls(text) or None)
             return
         yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=tools_mod.parse_calls(text))
 
@@ -216,6 +221,8 @@ class LlamaBackend(Backend):
 
         llm = self.llm
         budget = textloop.token_budget(prompt_tokens, params.max_tokens, self.context_size())
+        if params.grammar and params.grammar_max_tokens:  # constrained output without max_tokens: bounded
+            budget = min(budget, params.grammar_max_tokens)
         grammar = None
         if params.grammar:
             grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
@@ -228,55 +235,6 @@ class LlamaBackend(Backend):
             cancelled=cancelled)
 
 
-# Keywords that describe a value without constraining it: a schema made of these only allows any value.
-ANNOTATIONS = {"description", "title", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly",
-               "$schema", "$id"}
-# Where a schema holds schemas: one, a list of them, or a map of names to them.
-SUBSCHEMA, SUBSCHEMA_LISTS, SUBSCHEMA_MAPS = (
-    ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else"),
-    ("anyOf", "oneOf", "allOf", "prefixItems"),
-    ("properties", "patternProperties", "$defs", "definitions"),
-)
-
-
-def _annotations_mean_any(schema: Any) -> Any:
-    """`{"description": ...}` alone means "any value" in JSON Schema (agents such as Claude Code send
-    such properties), but llama-cpp-python's converter rejects it; `{}` it reads as any value."""
-    if not isinstance(schema, dict):
-        return schema
-    if schema and set(schema) <= ANNOTATIONS:
-        return {}
-    out = dict(schema)
-    for key in SUBSCHEMA:
-        if isinstance(out.get(key), dict):
-            out[key] = _annotations_mean_any(out[key])
-    for key in SUBSCHEMA_LISTS:
-        if isinstance(out.get(key), list):
-            out[key] = [_annotations_mean_any(item) for item in out[key]]
-    for key in SUBSCHEMA_MAPS:
-        if isinstance(out.get(key), dict):
-            out[key] = {name: _annotations_mean_any(item) for name, item in out[key].items()}
-    return out
-
-
-def _json_grammar(schema: dict) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return json_schema_to_gbnf(json.dumps(_annotations_mean_any(schema)))
-    except Exception as exc:  # noqa: BLE001 - the converter asserts on what it cannot express
-        raise BackendError(f"this JSON Schema cannot be turned into a generation grammar: {exc}") from None
-
-
-def _response_grammar(response_format: dict | None) -> str | None:
-    """OpenAI `response_format`: json_object -> any JSON object; json_schema -> that schema."""
-    if not response_format or response_format.get("type") in (None, "text"):
-        return None
-    if response_format.get("type") == "json_object":
-        return _json_grammar({"type": "object"})
-    if response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BackendError("response_format.json_schema.schema must be a JSON Schema object")
-        return _json_grammar(schema)
-    raise BackendError(f"response_format type {response_format.get('type')!r} is not supported")
+# Every JSON grammar comes from backends/json_grammar.py (strict JSON only); these names stay for callers.
+_json_grammar = json_grammar.json_grammar
+_response_grammar = json_grammar.response_grammar

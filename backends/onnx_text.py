@@ -219,7 +219,7 @@ class OnnxTextBackend(Backend):
             raise BackendError("the prompt is empty")
         vocab = self.tokenizer.get_vocab_size()
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in tokens):
-            raise BackendError(f"prompt token ids must be integers in [0, {vocab})")
+            raise BackendError(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
         return self.generate(tokens, params, cancelled)
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *,

@@ -10,10 +10,12 @@ validates against the declared schema.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
 from backends.base import BackendError
+from backends.json_grammar import ConstrainedOutputError
 
 MARKER = "<tool_call>"
 END_MARKER = "</tool_call>"
@@ -132,11 +134,12 @@ def _loads(text: str) -> Any:
 
 
 def parse_call(text: str) -> dict[str, Any]:
-    """Turn generated call JSON into an OpenAI tool call."""
+    """Turn generated call JSON (a finished generation under the call grammar) into an OpenAI tool call.
+    The grammar admits only valid calls, so a call that does not parse is the gateway's failure."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BackendError(f"the model produced an incomplete tool call (raise max_tokens?): {exc}") from None
+    except ValueError as exc:
+        raise ConstrainedOutputError(f"the model's grammar-constrained tool call is not valid JSON: {exc}") from None
     return _openai_call(data)
 
 
@@ -172,6 +175,14 @@ def _unique(decoded: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decoded_calls(text: str, partial_ok: bool = False) -> list[dict[str, Any]]:
+    calls, _rest = _split_calls(text)
+    if not calls and not partial_ok:
+        raise ConstrainedOutputError("the model's grammar-constrained tool call is not valid JSON")
+    return calls
+
+
+def _split_calls(text: str) -> tuple[list[dict[str, Any]], str]:
+    """The complete calls at the start of `text` (between the markers), and what follows them."""
     decoder, calls, pos = json.JSONDecoder(), [], 0
     while True:
         for token in (END_MARKER, MARKER):
@@ -183,14 +194,25 @@ def _decoded_calls(text: str, partial_ok: bool = False) -> list[dict[str, Any]]:
             break
         try:
             data, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            if calls or partial_ok:
-                break
-            raise BackendError(f"the model produced an incomplete tool call (raise max_tokens?): {exc}") from None
+        except json.JSONDecodeError:
+            break
         calls.append(data)
-    if not calls and not partial_ok:
-        raise BackendError("the model produced an incomplete tool call (raise max_tokens?)")
-    return calls
+    return calls, text[pos:]
+
+
+_PARTIAL = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*', re.DOTALL)
+
+
+def partial_calls(text: str) -> list[dict[str, Any]]:
+    """Calls cut short by max_tokens, as OpenAI returns them (finish_reason "length"): the
+    complete ones, then the last one's name and its arguments as far as they got (not valid
+    JSON); nothing of a last call whose name is not complete."""
+    calls, rest = _split_calls(text)
+    out = [_openai_call(data) for data in _unique(calls)]
+    head = _PARTIAL.match(rest)
+    if head is not None:
+        out.append(_call(json.loads(head.group(1)), rest[head.end():]))
+    return out
 
 
 def calls_grammar(call_grammar: str) -> str:
@@ -232,9 +254,13 @@ def _rename_rule(grammar: str, old: str, new: str) -> str:
     return "".join(out)
 
 
-def _openai_call(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": data["name"], "arguments": json.dumps(data["arguments"], ensure_ascii=False)},
-    }
+def _openai_call(data: Any) -> dict[str, Any]:
+    try:
+        name, arguments = data["name"], data["arguments"]
+    except (TypeError, KeyError) as exc:
+        raise ConstrainedOutputError(f"the model's grammar-constrained tool call is not valid: {exc!r}") from None
+    return _call(name, json.dumps(arguments, ensure_ascii=False))
+
+
+def _call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}

@@ -157,7 +157,7 @@ class Gateway:
             response = HTTPError(exc.status, str(exc), code=exc.code,
                                  headers={"retry-after": str(exc.retry_after)}).response(style)
         except BackendError as exc:
-            response = HTTPError(400, str(exc), code="invalid_request").response(style)
+            response = HTTPError(400, str(exc), code="invalid_request", param=getattr(exc, "param", None)).response(style)
         except UpstreamError as exc:
             headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after else None
             response = HTTPError(exc.status, str(exc), code=exc.code,

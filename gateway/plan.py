@@ -15,7 +15,7 @@ from schemas.manifest import Manifest, ModelSpec
 # (source, format, device, nctx, options, replicas, ...) needs new weights.
 LIVE_FIELDS = {
     "aliases", "system_prompt", "preload", "ttl_s", "pinned", "max_queue", "queue_timeout_s", "timeout_s",
-    "max_tokens_limit", "embed_batch_max", "embed_batch_wait_ms",
+    "max_tokens_limit", "embed_batch_max", "embed_batch_wait_ms", "grammar_max_tokens",
 }
 
 

@@ -165,6 +165,8 @@ class ModelSpec(BaseModel):
     system_prompt: str | None = None
     preload: bool = Field(False, description="load at start; otherwise on the first request")
     max_tokens_limit: int = Field(4096, gt=0)
+    grammar_max_tokens: int = Field(512, gt=0, description="budget of a tool call or JSON answer (grammar-constrained) "
+                                                          "when the request sets no max_tokens")
     # Residency and concurrency
     pinned: bool = Field(False, description="never evicted to make room for another model")
     ttl_s: float | None = Field(None, gt=0, description="unload after this many idle seconds")

@@ -27,6 +27,13 @@ class _Lenient(BaseModel):
         return value
 
 
+# Stop sequences: OpenAI takes 4; the original server's `stop_words` took more, so up to 16 of up to
+# 256 characters each. The scan costs the same whatever the list (backends/stops.py); the bound
+# keeps the request and the scanner's automaton small.
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+
+
 class _Open(_Lenient):
     """A nested object that is checked, then handed on as the client's own dict (see `as_dict`):
     fields this gateway does not know stay in it, for templates and remote upstreams."""
@@ -171,6 +178,15 @@ class SamplingFields(_Lenient):
     def _stop_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [value]
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_bounds(cls, value: list[str] | None) -> list[str] | None:
+        if value and len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed, got {len(value)}")
+        if value and max(len(s) for s in value) > MAX_STOP_CHARS:
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
 

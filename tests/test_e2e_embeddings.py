@@ -174,6 +174,13 @@ def test_bad_requests_are_400(server, body):
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
+@pytest.mark.parametrize("ids", [[-1], [30522], [101, 10**9]])
+def test_gguf_token_ids_outside_the_vocabulary_are_400(server, ids):
+    answer = post(server, model="minilm-gguf", input=[ids])
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "input" and "token id" in answer.json()["error"]["message"]
+
+
 def test_unknown_model_is_404(client, server):
     with pytest.raises(openai.NotFoundError) as caught:
         client.embeddings.create(model="no-such-model", input="hi")

@@ -256,3 +256,28 @@ def test_chat_logprobs_streamed_and_not(client):
     assert [c.token for c in streamed] == [c.token for c in content]
     plain = client.chat.completions.create(**{**kwargs, "logprobs": False})
     assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("model, prompt", [("smollm2", [49152]), ("smollm2", [-1]), ("smollm2", [1, 2, 10**12]),
+                                           ("gemma", [262144])])
+def test_prompt_token_ids_outside_the_vocabulary_are_400(client, text_server, model, prompt):
+    """They used to reach llama_decode and come back a 500 (issue 13 §5)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt=prompt, max_tokens=2)
+    error = info.value.response.json()["error"]
+    assert error["param"] == "prompt" and error["type"] == "invalid_request_error" and "token ids" in error["message"]
+    assert client.completions.create(model=model, prompt=[1, 2, 3], max_tokens=2).usage.prompt_tokens == 3
+    assert httpx.get(text_server.url + "/health", timeout=10).status_code == 200
+
+
+def test_the_stop_list_is_bounded_with_a_400(client, text_server):
+    too_many = httpx.post(text_server.url + "/v1/completions", timeout=30, json={
+        "model": "smollm2", "prompt": "1, 2,", "max_tokens": 2, "stop_words": [f"s{i}" for i in range(17)]})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] in ("stop", "stop_words")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       stop=["x" * 257])
+    assert info.value.response.json()["error"]["param"] == "stop"
+    at_limit = client.completions.create(model="smollm2", prompt="1, 2, 3,", max_tokens=8, temperature=0,
+                                         stop=[" 5"] + [(f"{i}," * 256)[:256] for i in range(15)])
+    assert at_limit.choices[0].finish_reason == "stop" and " 5" not in at_limit.choices[0].text

@@ -10,6 +10,8 @@ import jsonschema
 import openai
 import pytest
 
+from tests.conftest import write_manifest
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 USER_DETAIL = {
@@ -208,3 +210,59 @@ def test_suffix_is_refused_not_ignored(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="smollm2", prompt="def add(a, b):", suffix="return c", max_tokens=3)
     assert info.value.response.json()["error"]["param"] == "suffix"
+
+
+# -- strict JSON under grammars (issue 13 §2) and their default budget (§5) ------------------------
+
+EXPLORE = {"temperature": 1.0, "top_p": 1.0, "extra_body": {"top_k": 0, "min_p": 0.0}}
+NOTE = {"type": "object", "required": ["title", "poem"], "properties": {
+    "title": {"type": "string", "maxLength": 24}, "poem": {"type": "string", "maxLength": 60}}}
+SAVE_NOTE = {"type": "function", "function": {"name": "save_poem", "parameters": NOTE}}
+# Line breaks and a tab to copy: the model then wants raw control characters inside a JSON string.
+POEM_ASK = [{"role": "user", "content": "Save this poem, titled Sea, exactly as written:\n"
+                                        "Roses are red,\nthe sea is blue,\n\tand I am here."}]
+
+
+@pytest.mark.timeout(900)
+def test_a_seed_sweep_of_calls_and_json_answers_is_strict_json(client):
+    """Through the server and the SDK: every call's arguments and every json_schema answer
+    parses with strict parsers (json.loads, and the SDK's pydantic `.parse()`)."""
+    from pydantic import BaseModel, Field
+
+    class Note(BaseModel):
+        title: str = Field(max_length=24)
+        poem: str = Field(max_length=60)
+
+    for seed in range(4):  # the in-process sweep (tests/test_json_grammar.py) does 50
+        answer = client.chat.completions.create(model="smollm2", messages=POEM_ASK, tools=[SAVE_NOTE], seed=seed,
+                                                tool_choice="required", max_tokens=400, **EXPLORE)
+        assert answer.choices[0].finish_reason == "tool_calls"
+        jsonschema.validate(json.loads(answer.choices[0].message.tool_calls[0].function.arguments), NOTE)
+        parsed = client.chat.completions.parse(model="smollm2", messages=POEM_ASK, response_format=Note, seed=seed,
+                                               max_tokens=400, **EXPLORE)
+        assert parsed.choices[0].finish_reason == "stop"
+        note = parsed.choices[0].message.parsed
+        assert isinstance(note, Note)
+        jsonschema.validate(json.loads(parsed.choices[0].message.content), Note.model_json_schema())
+
+
+def test_grammar_generation_has_a_default_budget(start_server, smollm2_path, tmp_path):
+    """Without max_tokens a tool call or JSON answer gets `grammar_max_tokens` tokens (here 6), and
+    running out is finish_reason "length" (never a 400); max_tokens overrides it; plain text is not capped."""
+    manifest = write_manifest(tmp_path / "nexa.yaml", [
+        {"name": "smollm2", "source": str(smollm2_path), "nctx": 2048, "preload": True, "grammar_max_tokens": 6}])
+    server = start_server(["-c", str(manifest)])
+    small = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    cut = small.chat.completions.create(model="smollm2", messages=EXTRACT, tools=[USER_DETAIL], tool_choice="required",
+                                        temperature=0)
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 6
+    for call in cut.choices[0].message.tool_calls or []:  # the name once complete, the arguments as far as they got
+        assert call.function.name == "UserDetail"
+    text = small.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "A cat as JSON."}],
+                                         response_format={"type": "json_object"}, temperature=0)
+    assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 6
+    whole = small.chat.completions.create(model="smollm2", messages=EXTRACT, tools=[USER_DETAIL], max_tokens=200,
+                                          tool_choice="required", temperature=0)
+    assert whole.choices[0].finish_reason == "tool_calls" and whole.usage.completion_tokens > 6
+    plain = small.completions.create(model="smollm2", prompt="1, 2, 3, 4, 5,", temperature=0)
+    assert plain.usage.completion_tokens > 6

@@ -48,6 +48,7 @@ def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None)
         max_tokens=body.max_tokens or default_max or limit,
         stop=body.stop or [],
         seed=body.seed,
+        grammar_max_tokens=None if body.max_tokens else min(handle.spec.grammar_max_tokens, limit),
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
     )
