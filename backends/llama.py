@@ -156,7 +156,9 @@ class LlamaBackend(Backend):
         if last is not None and last.finish_reason == "cancelled" and not repeated:
             yield Delta(finish_reason="cancelled", usage=usage)
             return
-        if last is not None and last.finish_reason == "length" and not repeated:  # the budget ran out in a call
+        if last is not None and last.finish_reason == "length" and not repeated and not tools_mod.complete_calls(text):
+            # The budget ran out inside the only call: OpenAI's "length", with the call as far as it got.
+            # (After complete calls, a cut one is dropped and the complete ones are the answer.)
             yield Delta(finish_reason="length", usage=usage, tool_calls=tools_mod.partial_calls(text) or None)
             return
         yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=tools_mod.parse_calls(text))

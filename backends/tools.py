@@ -181,6 +181,11 @@ def _decoded_calls(text: str, partial_ok: bool = False) -> list[dict[str, Any]]:
     return calls
 
 
+def complete_calls(text: str) -> int:
+    """How many complete calls `text` begins with."""
+    return len(_split_calls(text)[0])
+
+
 def _split_calls(text: str) -> tuple[list[dict[str, Any]], str]:
     """The complete calls at the start of `text` (between the markers), and what follows them."""
     decoder, calls, pos = json.JSONDecoder(), [], 0
