@@ -195,6 +195,7 @@ class Route(NamedTuple):
     request: Any = None
     response: Any = None
     query: Any = None
+    error: Any = None  # the error body, when the route's API has its own envelope (default: OpenAI's)
 
 
 class Router:

@@ -97,8 +97,9 @@ def _responses(route: Route, schemas: Schemas) -> dict[str, Any]:
     out: dict[str, Any] = {str(status): {"description": "OK" if status < 300 else "see the body",
                                           "content": _content(body, "serialization", schemas)}
                            for status, body in by_status.items()}
-    out["default"] = {"description": "an error, in OpenAI's envelope",
-                      "content": {JSON: {"schema": schemas.slot(ErrorEnvelope, "serialization")}}}
+    error = route.error or ErrorEnvelope
+    out["default"] = {"description": "an error, in OpenAI's envelope" if route.error is None else "an error",
+                      "content": {JSON: {"schema": schemas.slot(error, "serialization")}}}
     return out
 
 

@@ -191,5 +191,17 @@ class MessageResponse(BaseModel):
     usage: Usage
 
 
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Anthropic's error envelope, used by every error of the Messages routes."""
+
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
 class CountTokensResponse(BaseModel):
     input_tokens: int

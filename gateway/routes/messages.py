@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from backends.base import BackendError, Delta, UpstreamError
 from gateway.handle import ModelUnavailable
-from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
+from gateway.http import HTTPError, Request, Response, Route, StreamResponse, json_response
 from gateway.routes.common import SSE_HEADERS, parse_body
 from gateway.routes.text import chain, chat_inputs, closing, open_chat
 from schemas.anthropic import (
     CountTokensRequest,
     CountTokensResponse,
+    ErrorResponse,
     ImageBlock,
     Message,
     MessageResponse,
@@ -279,6 +280,8 @@ async def count_tokens(gw: "Gateway", request: Request) -> Response:
 
 
 ROUTES = [
-    ("POST", "/v1/messages", "chat", messages),
-    ("POST", "/v1/messages/count_tokens", "chat", count_tokens),
+    Route("POST", "/v1/messages", "chat", messages, request=MessagesRequest, error=ErrorResponse,
+          response={"application/json": MessageResponse, "text/event-stream": None}),  # `stream: true`: events
+    Route("POST", "/v1/messages/count_tokens", "chat", count_tokens, request=CountTokensRequest,
+          response=CountTokensResponse, error=ErrorResponse),
 ]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from pydantic import ValidationError
 
-from gateway.http import HTTPError, Request, Response, StreamResponse, json_response
+from gateway.http import HTTPError, Request, Response, Route, StreamResponse, json_response
 from gateway.responses_events import ResponseTurn
 from gateway.responses_store import ResponseStore, Stored
 from gateway.routes.common import SSE_HEADERS, parse_body, sse
@@ -324,8 +324,9 @@ async def list_input_items(gw: "Gateway", request: Request) -> Response:
 
 
 ROUTES = [
-    ("POST", "/v1/responses", "chat", create),
-    ("GET", "/v1/responses/{response_id}", "chat", retrieve),
+    Route("POST", "/v1/responses", "chat", create, request=ResponsesRequest,
+          response={"application/json": ResponseObject, "text/event-stream": None}),  # `stream: true`: events
+    Route("GET", "/v1/responses/{response_id}", "chat", retrieve, response=ResponseObject),
     ("DELETE", "/v1/responses/{response_id}", "chat", delete),
     ("GET", "/v1/responses/{response_id}/input_items", "chat", list_input_items),
 ]
