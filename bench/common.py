@@ -59,15 +59,7 @@ class Process:
             pids += [int(p) for p in children]
         except OSError:
             pass
-        total = 0
-        for pid in pids:
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            except OSError:
-                pass
-        return total / 1024
+        return proc_mb(pids, "status", "VmRSS:")
 
     def pids(self) -> list[int]:
         """The process and its children (Granian runs its worker as a child)."""
@@ -127,6 +119,20 @@ def stream_completion(client: httpx.Client, url: str, body: dict, text: bool = F
                     first = time.perf_counter() - started
     result = (first or 0.0, time.perf_counter() - started, chunks if tokens is None else tokens)
     return (*result, "".join(pieces)) if text else result
+
+
+def proc_mb(pids: list[int], source: str, field: str) -> float:
+    """One memory field (kB lines such as `VmRSS:` in /proc/PID/status or `Pss:` in smaps_rollup)
+    summed over processes, in MB; processes that are gone count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
+                if line.startswith(field):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
 
 
 def median(values) -> float:

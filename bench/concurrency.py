@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Process, free_port, machine, nexa, table, write_manifest  # noqa: E402
+from bench.common import Process, free_port, machine, nexa, proc_mb, table, write_manifest  # noqa: E402
 
 SYSTEM = "You are a helpful assistant. Answer the question in a few plain sentences, without lists."
 QUESTIONS = [
@@ -41,15 +41,7 @@ QUESTIONS = [
 
 
 def pss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+    return proc_mb(pids, "smaps_rollup", "Pss:")
 
 
 class PeakPss:

@@ -36,6 +36,14 @@ def fetch_catalog(name: str) -> Path:
     return hub.fetch(ModelSpec(name=name, source=name))
 
 
+@pytest.fixture(scope="module")
+def closed_port() -> Iterator[int]:
+    """A bound socket that never listens: connecting to it is refused, and nobody else can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     return fetch_catalog("smollm2")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -41,14 +40,6 @@ WEATHER = {"name": "get_weather", "description": "Current weather in a city.",
 TIME = {"name": "get_time", "description": "The local time in a timezone.",
         "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}
 HELLO = [{"role": "user", "content": "Say hello to Ada in one short sentence."}]
-
-
-@pytest.fixture(scope="module")
-def closed_port() -> Iterator[int]:
-    """A bound socket that never listens: connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ The front runs with `--offline` and an empty model cache: remote models fetch no
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,14 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 UPSTREAM_KEY = "upstream-key-123456"
 FAKE = {"source": "/dev/null", "backend": "tests.fakes:FakeBackend"}
-
-
-@pytest.fixture(scope="module")
-def closed_port() -> Iterator[int]:
-    """A bound socket that never listens: connecting to it is refused, and nobody else can take it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
