@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
 import threading
 import time
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
-from backends.base import Backend, LoadError, backend_for
+from backends.base import Backend, LoadError
 from gateway import batcher, hub, metrics, worker
 from gateway.channel import Channel
 from gateway.jobs import Job, deliver, fail, pump, settle
+# What a model is between requests; imported from here by the pool, routes and tests too.
+from gateway.model_state import ModelState, ModelUnavailable, capabilities_before_load  # noqa: F401
 from schemas.manifest import ModelSpec
 
 if TYPE_CHECKING:
@@ -34,38 +34,6 @@ log = logging.getLogger("nexa.pool")
 
 
 LOAD_RETRY_S = 10.0  # a model that failed to load is tried again by a request this long after
-
-
-class ModelState(str, Enum):
-    unloaded = "unloaded"
-    loading = "loading"
-    ready = "ready"
-    unloading = "unloading"
-    failed = "failed"
-
-
-class ModelUnavailable(Exception):
-    """The model cannot take the request now: answered 503 (or 429) with Retry-After."""
-
-    def __init__(self, message: str, *, status: int = 503, retry_after: float = 5, code: str = "model_unavailable"):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = max(1, math.ceil(retry_after))
-        self.code = code
-
-
-def capabilities_before_load(spec: ModelSpec) -> frozenset[str]:
-    """What /v1/models and routing see before the model loads: the engine's, narrowed by
-    the catalog entry's `capabilities` or, for a local path, by the model's own files."""
-    engine = backend_for(spec)
-    try:
-        source = hub.parse_source(spec.source)
-    except ValueError:
-        return engine.capabilities
-    if source.entry is not None and source.entry.capabilities is not None:
-        return engine.capabilities & frozenset(source.entry.capabilities)
-    path = Path(source.value).expanduser() if source.kind == "local" else None
-    return engine.capabilities_of(spec, path if path is not None and path.exists() else None)
 
 
 class ModelHandle:
