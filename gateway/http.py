@@ -104,6 +104,7 @@ class Request:
 # Deeper JSON is refused before any handler sees it: request schemas (tools' `parameters`,
 # `json_schema`) are walked recursively by pydantic, the grammar builder and the engines.
 MAX_JSON_DEPTH = 64
+_CHECKED = (str, dict, list)  # what check_json looks into; numbers, booleans and null pass as they are
 
 
 def check_json(data: Any) -> None:
@@ -130,9 +131,12 @@ def check_json(data: Any) -> None:
                 child = f"{path}.{_shown(key)}" if path else _shown(key)
                 if not key.isascii() and not _encodable(key):
                     queue.append((key, child, depth + 1))
-                queue.append((item, child, depth + 1))
+                if isinstance(item, _CHECKED):
+                    queue.append((item, child, depth + 1))
         else:
-            queue.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value))
+            # Numbers need no check: skipping them keeps token-id arrays cheap (no path per element).
+            queue.extend((item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)
+                         if isinstance(item, _CHECKED))
 
 
 def _not_json(name: str) -> Any:
