@@ -144,6 +144,9 @@ REGISTRY: dict[tuple[ModelType, ModelFormat], str] = {
     (ModelType.AUDIO, ModelFormat.bin): "backends.whisper:WhisperBackend",
     (ModelType.TEXT_EMBEDDING, ModelFormat.onnx): "backends.fastembed:FastembedBackend",
     (ModelType.TEXT_EMBEDDING, ModelFormat.gguf): "backends.llama_embed:LlamaEmbedBackend",
+    (ModelType.RERANK, ModelFormat.onnx): "backends.fastembed_rerank:FastembedRerankBackend",
+    (ModelType.RERANK, ModelFormat.gguf): "backends.llama_rerank:LlamaRerankBackend",
+    (ModelType.TTS, ModelFormat.onnx): "backends.piper:PiperBackend",
     (ModelType.COMPUTER_VISION, ModelFormat.gguf): "backends.diffusion:DiffusionBackend",
     (ModelType.COMPUTER_VISION, ModelFormat.bin): "backends.diffusion:DiffusionBackend",  # .safetensors/.ckpt
     (ModelType.NLP, ModelFormat.remote): "backends.remote:RemoteTextBackend",

@@ -17,7 +17,7 @@ from schemas.manifest import Device, ModelSpec
 
 # `options:` the gateway reads itself (backends/options.py), never passed to `llama_cpp.Llama`.
 GATEWAY_OPTIONS = frozenset({"chat_template", "mmproj_probe", "mmproj_probe_timeout_s", "max_image_pixels",
-                             "pooling", "normalize"})
+                             "pooling", "normalize", "max_documents", "max_document_chars", "max_length"})
 
 LOAD_LOCK = threading.Lock()
 

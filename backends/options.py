@@ -191,6 +191,41 @@ class DiffusionOptions(EngineOptions):
     default_cfg_scale: Optional[float] = Field(None, gt=0, description="cfg scale when a request does not say (7)")
 
 
+class RerankOptions(EngineOptions):
+    """What both rerank engines share: the request limits and how long a pair may be."""
+
+    max_documents: int = Field(1000, gt=0, description="most documents in one request (more: a 400)")
+    max_document_chars: int = Field(100_000, gt=0, description="longest document or query, in characters")
+    max_length: Optional[int] = Field(None, gt=0, description="tokens of one (query, document) pair; longer "
+                                                              "pairs are cut (default: the model's maximum)")
+
+
+class FastembedRerankOptions(RerankOptions):
+    """ONNX cross-encoders through fastembed's TextCrossEncoder."""
+
+    model_file: Optional[str] = Field(None, description="which .onnx file, when the folder holds several")
+    max_batch_tokens: Optional[int] = Field(None, gt=0, description="padded tokens per ONNX run (8192)")
+    providers: Optional[list[Union[str, list[Any]]]] = Field(None, description="onnxruntime execution providers")
+    device_ids: Optional[list[int]] = None
+
+
+class LlamaRerankOptions(RerankOptions, LlamaOptions):
+    """GGUF rerankers (rank pooling) through llama.cpp."""
+
+
+class PiperOptions(EngineOptions):
+    """Piper voices (VITS, ONNX) through onnxruntime, phonemized by eSpeak NG."""
+
+    config_file: Optional[str] = Field(None, description="the voice's .onnx.json (default: beside the .onnx)")
+    espeak_data: Optional[str] = Field(None, description="eSpeak NG's data folder (default: the library's own)")
+    noise_scale: Optional[float] = Field(None, ge=0, description="default: the voice's own (0.667)")
+    noise_w: Optional[float] = Field(None, ge=0, description="phoneme length noise; default: the voice's own (0.8)")
+    sentence_silence_s: float = Field(0.2, ge=0, le=5, description="pause after each sentence")
+    max_input_chars: int = Field(4096, gt=0, description="longest `input` (OpenAI's limit is 4096)")
+    voices: dict[str, int] = Field(default_factory=dict, description="extra voice names -> speaker ids")
+    log_severity_level: int = Field(3, ge=0, le=4, description="onnxruntime's log level (0 verbose .. 4 fatal)")
+
+
 # backend ("module:Class", as in backends.base.REGISTRY) -> (engine name for messages, options model).
 # A backend that is not listed (a custom `backend:`, a test double) owns its options.
 OPTIONS: dict[str, tuple[str, type[EngineOptions]]] = {
@@ -198,6 +233,9 @@ OPTIONS: dict[str, tuple[str, type[EngineOptions]]] = {
     "backends.vision:VisionBackend": ("llama.cpp vision", VisionOptions),
     "backends.llama_embed:LlamaEmbedBackend": ("llama.cpp embeddings", LlamaEmbedOptions),
     "backends.fastembed:FastembedBackend": ("fastembed", FastembedOptions),
+    "backends.fastembed_rerank:FastembedRerankBackend": ("fastembed cross-encoder", FastembedRerankOptions),
+    "backends.llama_rerank:LlamaRerankBackend": ("llama.cpp reranking", LlamaRerankOptions),
+    "backends.piper:PiperBackend": ("Piper voice (onnxruntime)", PiperOptions),
     "backends.onnx_text:OnnxTextBackend": ("onnxruntime text", OnnxTextOptions),
     "backends.whisper:WhisperBackend": ("faster-whisper", WhisperOptions),
     "backends.diffusion:DiffusionBackend": ("stable-diffusion.cpp", DiffusionOptions),

@@ -24,6 +24,8 @@ class ModelType(str, Enum):
     MULTIMODAL = "MULTIMODAL"
     AUDIO = "AUDIO"
     TEXT_EMBEDDING = "TEXT_EMBEDDING"
+    RERANK = "RERANK"  # cross-encoders: (query, document) -> relevance score, /v1/rerank
+    TTS = "TTS"  # speech synthesis: text -> audio, /v1/audio/speech
 
 
 class ModelFormat(str, Enum):
@@ -176,10 +178,10 @@ class ModelSpec(BaseModel):
     max_queue: int = Field(64, ge=0, description="requests waiting beyond the running ones; more get a 429")
     queue_timeout_s: float = Field(120.0, gt=0)
     timeout_s: float | None = Field(None, gt=0, description="longest a request may generate")
-    # Embedding models: concurrent requests are merged into one engine call (gateway/batcher.py).
-    embed_batch_max: int = Field(64, ge=1, le=4096, description="embedding models: most inputs per merged "
-                                                                 "engine call (1: no merging)")
-    embed_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="embedding models: longest wait for more "
+    # Embedding and rerank models: concurrent requests are merged into one engine call (gateway/batcher.py).
+    embed_batch_max: int = Field(64, ge=1, le=4096, description="embedding and rerank models: most inputs "
+                                                                 "(documents) per merged engine call (1: no merging)")
+    embed_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="embedding and rerank models: longest wait for more "
                                                                          "requests to merge, only under concurrency")
     backend: str | None = Field(None, description="module:Class of a custom engine, instead of the registry's")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options passed to the backend")

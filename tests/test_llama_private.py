@@ -14,7 +14,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from backends import llama_private as private  # noqa: E402
 from backends.llama_load import GATEWAY_OPTIONS, llama_kwargs  # noqa: E402
-from backends.options import LlamaEmbedOptions, LlamaOptions, VisionOptions  # noqa: E402
+from backends.options import LlamaEmbedOptions, LlamaOptions, LlamaRerankOptions, VisionOptions  # noqa: E402
 from schemas.manifest import Device, ModelSpec  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def test_the_private_names_still_exist():
         assert hasattr(llama_chat_format.MTMDChatHandler, hook)
 
 
-@pytest.mark.parametrize("options", [LlamaOptions, VisionOptions, LlamaEmbedOptions])
+@pytest.mark.parametrize("options", [LlamaOptions, VisionOptions, LlamaEmbedOptions, LlamaRerankOptions])
 def test_every_llama_option_is_a_constructor_argument_or_the_gateways_own(options):
     accepted = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
     assert set(options.model_fields) - accepted <= GATEWAY_OPTIONS

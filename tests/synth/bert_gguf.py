@@ -41,7 +41,7 @@ CONVERTER_VERSION = 1  # bump when the output changes, so cached files are rewri
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "F64": np.float64, "I64": np.int64}
 _SKIP = ("embeddings.position_ids", "pooler.", "cls.predictions", "cls.seq_relationship")
-_POOLING = {"mean": 1, "cls": 2, "none": 0, "last": 3}
+_POOLING = {"mean": 1, "cls": 2, "none": 0, "last": 3, "rank": 4}
 
 
 def test_models_dir() -> Path:
@@ -94,8 +94,9 @@ def _vocab(model_dir: Path) -> tuple[list[str], list[int]]:
 
 
 def convert(model_dir: Path, weights: Path, out: Path, *, pooling: str = "mean", outtype: str = "f16",
-            name: str = "all-MiniLM-L6-v2") -> Path:
-    """Write `out` from a BERT folder (config.json, vocab.txt, tokenizer files) and its weights."""
+            name: str = "all-MiniLM-L6-v2", head: dict[str, np.ndarray] | None = None) -> Path:
+    """Write `out` from a BERT folder (config.json, vocab.txt, tokenizer files) and its weights.
+    `head`: extra tensors by GGUF name (a reranker's `cls.*` classification head), written F32."""
     import gguf
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -140,6 +141,8 @@ def convert(model_dir: Path, weights: Path, out: Path, *, pooling: str = "mean",
         written += 1
     if written != 5 + 16 * n_layer:  # 3 embeddings + their norm (2) + 16 per layer
         raise ValueError(f"wrote {written} tensors, expected {5 + 16 * n_layer}: is this a BERT checkpoint?")
+    for head_name, array in (head or {}).items():
+        writer.add_tensor(head_name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)
