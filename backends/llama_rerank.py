@@ -40,6 +40,25 @@ log = logging.getLogger("nexa.backends.llama_rerank")
 OPTIONS = {"max_length": int, "max_documents": int, "max_document_chars": int}
 
 
+def check_head(path: Path) -> None:
+    """A LoadError unless the GGUF has a classification head: llama.cpp aborts the whole
+    process (GGML_ABORT) when it builds rank pooling for a model without one."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise LoadError(f"the gguf package is needed to check reranker files: {exc}") from exc
+    try:
+        reader = GGUFReader(str(path))
+        names = {tensor.name for tensor in reader.tensors}
+    except Exception as exc:  # noqa: BLE001 - bad magic, truncated tables, ...
+        raise LoadError(f"{path.name} is not a readable GGUF file: {exc}") from None
+    finally:
+        reader = None
+    if "cls.weight" not in names and "cls.output.weight" not in names:
+        raise LoadError(f"{path.name} has no classification head (cls.* or cls.output.* tensors): it is not a "
+                        "reranker; serve it as TEXT_EMBEDDING or NLP")
+
+
 class LlamaRerankBackend(RerankBackend):
     """GGUF cross-encoders with a classification head."""
 
@@ -70,6 +89,7 @@ class LlamaRerankBackend(RerankBackend):
             own = read_options(dict(spec.options), OPTIONS)
         except TypeError as exc:
             raise LoadError(str(exc)) from exc
+        check_head(path)
         defaults = {"embedding": True, "n_batch": spec.nctx, "n_ubatch": spec.nctx,
                     "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_RANK}
         llm = open_llama(path, llama_kwargs(spec, path, defaults))

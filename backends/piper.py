@@ -146,18 +146,18 @@ class PiperBackend(Backend):
         if len(text) > self.max_input_chars:
             raise BackendError(f"input is {len(text)} characters long; model {self.spec.name!r} takes at most "
                                f"{self.max_input_chars}", param="input")
-        out: list[list[int]] = []
+        sentences: list[str] = []
         phonemes = ""
         for clause in espeak.phonemize(text, self.espeak_voice, self.espeak_data):
             phonemes += clause.phonemes + clause.terminator
             if clause.ends_sentence:
-                out.append(self._ids(phonemes))
+                sentences.append(phonemes)
                 phonemes = ""
             else:
                 phonemes += " "
-        if phonemes.strip():
-            out.append(self._ids(phonemes.strip()))
-        return [ids for ids in out if len(ids) > 3]
+        sentences.append(phonemes)
+        # a sentence of punctuation only ("..." or "!!") has nothing to speak
+        return [self._ids(p) for p in sentences if p.strip(espeak.TERMINATORS + " ")]
 
     def _ids(self, phonemes: str) -> list[int]:
         ids = list(self.id_map[BOS]) + list(self.id_map[PAD])

@@ -144,3 +144,45 @@ def minilm_reranker_gguf() -> Path:
         convert(Path(folder), Path(weights), partial, pooling="rank", head=head, name="minilm-reranker-synthetic")
         os.replace(partial, out)
     return out
+
+
+def minilm_cross_encoder_onnx(folder: Path) -> Path:
+    """The bundled all-MiniLM-L6-v2 ONNX (int8) with a random classification head on its [CLS]
+    output (Gather -> MatMul -> Tanh -> MatMul: logits [batch, 1]) and its tokenizer files: the
+    size and cost of ms-marco-MiniLM-L-6-v2, the usual small cross-encoder, with noise for scores.
+    For bench/rerank.py (gateway vs. fastembed in-process on a realistic amount of work)."""
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from gateway import hub
+    from schemas.manifest import ModelSpec
+
+    source = Path(hub.fetch(ModelSpec(name="all-minilm-l6-v2", source="all-minilm-l6-v2")))
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(source / "model.onnx"))
+    hidden = model.graph.output[0].name
+    width = 384
+    rng = np.random.default_rng(SEED)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "head_cls_index"),
+        numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "head_w1"),
+        numpy_helper.from_array(np.zeros(width, dtype=np.float32), "head_b1"),
+        numpy_helper.from_array((rng.standard_normal((width, 1)) / np.sqrt(width)).astype(np.float32), "head_w2"),
+        numpy_helper.from_array(np.zeros(1, dtype=np.float32), "head_b2"),
+    ])
+    model.graph.node.extend([
+        helper.make_node("Gather", [hidden, "head_cls_index"], ["head_cls"], axis=1),
+        helper.make_node("MatMul", ["head_cls", "head_w1"], ["head_h"]),
+        helper.make_node("Add", ["head_h", "head_b1"], ["head_hb"]),
+        helper.make_node("Tanh", ["head_hb"], ["head_t"]),
+        helper.make_node("MatMul", ["head_t", "head_w2"], ["head_o"]),
+        helper.make_node("Add", ["head_o", "head_b2"], ["logits"]),
+    ])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 1]))
+    onnx.save(model, str(folder / "model.onnx"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json"):
+        shutil.copyfile(source / name, folder / name)
+    return folder
