@@ -23,9 +23,10 @@ RUN if [ "$WITH_IMAGE" = "1" ]; then target=".[image]"; else target="."; fi \
  && pip wheel --wheel-dir /wheels "$target"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
-# libgomp1: llama.cpp's OpenMP threads. Nothing else native is needed at run time.
+# libgomp1: llama.cpp's OpenMP threads; libespeak-ng1 (with its data): the phonemizer of Piper voices
+# (TTS models). Nothing else native is needed at run time.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 \
+ && apt-get install -y --no-install-recommends libgomp1 libespeak-ng1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --create-home --home-dir /home/nexa nexa \
  && mkdir -p /etc/nexa /var/cache/nexa \

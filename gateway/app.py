@@ -32,6 +32,8 @@ CAPABILITY_NAMES = {
     "complete": "text completion",
     "chat": "chat completion",
     "embed": "embeddings",
+    "rerank": "reranking",
+    "speech": "speech synthesis",
     "transcribe": "speech transcription",
     "translate": "speech translation",
     "txt2img": "image generation",

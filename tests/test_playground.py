@@ -6,7 +6,8 @@ instead of skipping them.
 
 One gateway serves a model of every kind the page has a section for: SmolLM2 (real chat), the
 fake engine (slow, for Stop), all-MiniLM-L6-v2 (embeddings), Whisper tiny.en (speech), a synthetic
-SDXS checkpoint (images) and a synthetic LLaVA-style pair (vision). Smaller fake-only gateways
+SDXS checkpoint (images), a synthetic LLaVA-style pair (vision), the synthetic bag-of-words
+cross-encoder (rerank) and the Piper joe voice (text to speech). Smaller fake-only gateways
 check API keys and `--no-playground`. A screenshot lands in test-artifacts/playground.png.
 """
 
@@ -29,6 +30,7 @@ from gateway.http import HTTPError, Request
 from gateway.routes import playground
 from tests.conftest import ROOT, Server, fetch_catalog, wait_for, write_manifest
 from tests.speech import DETERMINISTIC, ENGLISH, speak
+from tests.synth.cross_encoder import onnx_cross_encoder
 from tests.synth.sd_checkpoint import sdxs_checkpoint
 from tests.synth.vlm import TOKENS_PER_IMAGE, png, vlm_pair
 
@@ -96,6 +98,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     fetch_catalog("smollm2")
     fetch_catalog("all-minilm-l6-v2")
     fetch_catalog("whisper-tiny-en")
+    fetch_catalog("piper-joe")
     model, mmproj = vlm_pair()
     manifest = write_manifest(tmp / "nexa.yaml", [
         {"name": "smollm2", "source": "smollm2", "nctx": 2048, "preload": True},
@@ -107,6 +110,9 @@ def server(tmp_path_factory) -> Iterator[Server]:
          "preload": True, "n_threads": 2, "options": {"default_steps": 1, "default_cfg_scale": 1.0}},
         {"name": "vlm", "source": str(model), "type": "MULTIMODAL", "mmproj": str(mmproj), "nctx": 512,
          "preload": True},
+        {"name": "reranker", "type": "RERANK", "format": "onnx", "source": str(onnx_cross_encoder(tmp / "ce")),
+         "preload": True},
+        {"name": "piper-joe", "source": "piper-joe", "preload": True},
     ], server={"image_output_dir": str(tmp / "outputs")})
     started = Server(["-c", str(manifest)], tmp, ready_timeout=240)
     yield started
@@ -226,7 +232,9 @@ def test_page_loads_cleanly_and_lists_every_model(server, open_tab):
     assert page.locator("#embed-model option").all_inner_texts() == ["minilm — TEXT_EMBEDDING · onnx · ready"]
     assert page.locator("#audio-model option").all_inner_texts() == ["whisper-tiny-en — AUDIO · bin · ready"]
     assert page.locator("#image-model option").all_inner_texts() == ["sdxs — COMPUTER_VISION · gguf · ready"]
-    for section in ["chat", "complete", "embed", "audio", "image"]:
+    assert page.locator("#rerank-model option").all_inner_texts() == ["reranker — RERANK · onnx · ready"]
+    assert page.locator("#speech-model option").all_inner_texts() == ["piper-joe — TTS · onnx · ready"]
+    for section in ["chat", "complete", "embed", "audio", "image", "rerank", "speech"]:
         expect(page.locator(f"#{section}-section")).to_be_visible()
     expect(page.locator("#key-section")).to_be_hidden()
     expect(page.locator("#global-error")).to_be_hidden()
@@ -335,6 +343,42 @@ def test_embedding_similarity(server, open_tab):
     expect(page.locator("#embed-send")).to_be_enabled()
     assert float(page.get_attribute("#embed-result", "data-similarity")) < shown - 0.2
     assert tab.errors == []
+
+
+def test_rerank_lists_documents_best_first(server, open_tab):
+    tab = ready_page(open_tab, server.url)
+    page = tab.page
+    page.fill("#rerank-query", "python programming")
+    page.click("#rerank-send")
+    items = page.locator("#rerank-results li")
+    expect(items).to_have_count(4)
+    documents = page.input_value("#rerank-documents").splitlines()
+    answer = httpx.post(server.url + "/v1/rerank", timeout=60, json={
+        "model": "reranker", "query": "python programming", "documents": documents}).json()
+    shown = [(int(items.nth(i).get_attribute("data-index")), float(items.nth(i).get_attribute("data-score")))
+             for i in range(4)]
+    assert [i for i, _ in shown] == [r["index"] for r in answer["results"]] and shown[0][0] == 2
+    assert [s for _, s in shown] == pytest.approx([r["relevance_score"] for r in answer["results"]], abs=1e-4)
+    assert documents[2] in items.first.inner_text()
+    expect(page.locator("#rerank-usage")).to_contain_text("tokens")
+    assert tab.errors == []
+
+
+def test_speech_plays_what_the_voice_said(server, open_tab):
+    tab = ready_page(open_tab, server.url)
+    page = tab.page
+    page.select_option("#speech-format", "wav")
+    page.click("#speech-send")
+    audio = page.locator("#speech-audio")
+    expect(audio).to_be_visible()
+    expect(audio).to_have_attribute("data-duration", re.compile(r"^\d"))
+    assert audio.get_attribute("data-type") == "audio/wav" and int(audio.get_attribute("data-bytes")) > 24000
+    assert 2.0 < float(audio.get_attribute("data-duration")) < 15.0  # two sentences of speech, decoded by Chromium
+    expect(page.locator("#speech-meta")).to_contain_text("s of wav audio")
+    page.fill("#speech-voice", "nobody")
+    page.click("#speech-send")
+    expect(page.locator("#speech-error")).to_contain_text("has no voice 'nobody'")
+    assert tab.errors and all("Failed to load resource" in e for e in tab.errors), tab.errors  # the 400 only
 
 
 def test_transcribes_an_uploaded_recording(server, open_tab, tmp_path):

@@ -224,6 +224,8 @@ function renderModels(list) {
   fillPicker("chat-model", "chat");
   fillPicker("complete-model", "complete");
   fillPicker("embed-model", "embed");
+  fillPicker("rerank-model", "rerank");
+  fillPicker("speech-model", "speech");
   fillPicker("audio-model", "transcribe", "translate");
   fillPicker("image-model", "txt2img", "img2img");
   for (const section of document.querySelectorAll("section[data-capability]")) {
@@ -427,6 +429,64 @@ $("embed-form").addEventListener("submit", (event) => {
       $("embed-result").textContent = `cosine similarity ${similarity.toFixed(4)} · ${a.length} dimensions${tokens}`;
     } catch (error) {
       showError("embed-error", error);
+    }
+  });
+});
+
+// -- rerank -----------------------------------------------------------------------------------
+
+$("rerank-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  showError("rerank-error", null);
+  $("rerank-results").replaceChildren();
+  $("rerank-usage").textContent = "";
+  busy($("rerank-send"), async () => {
+    try {
+      const documents = $("rerank-documents").value.split("\n").map((line) => line.trim()).filter(Boolean);
+      const body = { model: $("rerank-model").value, query: $("rerank-query").value, documents, return_documents: true };
+      const answer = await (await postJson("v1/rerank", body)).json();
+      $("rerank-results").replaceChildren(...answer.results.map((result) => {
+        const item = element("li", "", "");
+        item.dataset.index = String(result.index);
+        item.dataset.score = String(result.relevance_score);
+        item.append(element("span", "score", result.relevance_score.toFixed(4)), " ",
+          element("span", "", result.document ? result.document.text : documents[result.index]));
+        return item;
+      }));
+      $("rerank-usage").textContent = answer.usage ? `${answer.usage.prompt_tokens} tokens` : "";
+    } catch (error) {
+      showError("rerank-error", error);
+    }
+  });
+});
+
+// -- text to speech ---------------------------------------------------------------------------
+
+$("speech-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  showError("speech-error", null);
+  $("speech-meta").textContent = "";
+  busy($("speech-send"), async () => {
+    const started = performance.now();
+    try {
+      const format = $("speech-format").value;
+      const body = { model: $("speech-model").value, input: $("speech-input").value, voice: $("speech-voice").value,
+        response_format: format, speed: numberOf("speech-speed") };
+      const blob = await (await postJson("v1/audio/speech", body)).blob();
+      const audio = $("speech-audio");
+      if (audio.src) URL.revokeObjectURL(audio.src);
+      audio.src = URL.createObjectURL(blob);
+      audio.hidden = false;
+      audio.dataset.bytes = String(blob.size);
+      audio.dataset.type = blob.type;
+      const took = ((performance.now() - started) / 1000).toFixed(1);
+      audio.onloadedmetadata = () => {
+        audio.dataset.duration = String(audio.duration);
+        $("speech-meta").textContent = `${audio.duration.toFixed(1)} s of ${format} audio · ${blob.size} bytes · made in ${took} s`;
+      };
+      $("speech-meta").textContent = `${blob.size} bytes of ${format} audio · made in ${took} s`;
+    } catch (error) {
+      showError("speech-error", error);
     }
   });
 });

@@ -29,6 +29,7 @@ from backends.rerank import RerankScores
 from gateway.api.common import parse_body
 from gateway.http import Request, Response, Route
 from gateway.models.batcher import Batch
+from gateway.observability import metrics
 from schemas.rerank import RerankRequest, RerankResponse
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def build_answer(item: Pending, result: RerankScores) -> bytes:
 def run_batch(backend: Backend, items: list[Pending]) -> list[bytes | BaseException]:
     """Runs on the model's thread: every request of the micro-batch in one engine call."""
     results = backend.rerank_many([(item.body.query, item.documents) for item in items])
+    metrics.RERANK_BATCH.labels(items[0].model_name).observe(len(items))
     return [result if isinstance(result, BaseException) else build_answer(item, result)
             for item, result in zip(items, results)]
 
