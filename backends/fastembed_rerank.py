@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import LoadError
+from backends.errors import LoadError
 from backends.embeddings import read_options
 from backends.fastembed import MAX_BATCH_TOKENS, _fastembed_device, _read_json, _REGISTER_LOCK, chunks, locate, \
     prepare_folder

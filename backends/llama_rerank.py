@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from backends import llama_private as private
-from backends.base import LoadError
+from backends.errors import LoadError
 from backends.embeddings import read_options
 from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from backends.rerank import RerankBackend, cut_pair

@@ -35,7 +35,8 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 
 from backends import espeak
-from backends.base import Backend, BackendError, Cancelled, LoadError
+from backends.base import Backend, Cancelled
+from backends.errors import BackendError, LoadError
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.backends.piper")

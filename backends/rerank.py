@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Backend, BackendError
+from backends.base import Backend
+from backends.errors import BackendError
 
 # Defaults of the per-model limits (backends/options.py RerankOptions).
 MAX_DOCUMENTS = 1000

@@ -45,7 +45,7 @@ def minilm_cross_encoder_onnx(folder: Path) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     source = Path(hub.fetch(ModelSpec(name="all-minilm-l6-v2", source="all-minilm-l6-v2")))

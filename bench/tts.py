@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads on both sides")
     args = parser.parse_args()
     from backends.piper import PiperBackend
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     spec = ModelSpec(name="piper-joe", source="piper-joe", n_threads=args.threads)

@@ -18,7 +18,8 @@ import pytest
 
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
-from backends.base import BackendError, LoadError, backend_class  # noqa: E402
+from backends.errors import BackendError, LoadError  # noqa: E402
+from backends.registry import ENGINES  # noqa: E402
 from backends.rerank import cut_pair  # noqa: E402
 from schemas.manifest import ModelFormat, ModelSpec, ModelType  # noqa: E402
 
@@ -61,8 +62,8 @@ def test_registry_serves_both_formats():
     from backends.fastembed_rerank import FastembedRerankBackend
     from backends.llama_rerank import LlamaRerankBackend
 
-    assert backend_class(ModelType.RERANK, ModelFormat.onnx) is FastembedRerankBackend
-    assert backend_class(ModelType.RERANK, ModelFormat.gguf) is LlamaRerankBackend
+    assert ENGINES[(ModelType.RERANK, ModelFormat.onnx)].load_class() is FastembedRerankBackend
+    assert ENGINES[(ModelType.RERANK, ModelFormat.gguf)].load_class() is LlamaRerankBackend
     assert FastembedRerankBackend.capabilities == LlamaRerankBackend.capabilities == {"rerank"}
 
 

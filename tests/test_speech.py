@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backends import espeak
-from backends.base import BackendError, LoadError
+from backends.errors import BackendError, LoadError
 from gateway.media.speech_out import FORMATS, OUTPUT_RATE, Encoder, wav_header
 from schemas.manifest import ModelSpec
 from tests.conftest import fetch_catalog

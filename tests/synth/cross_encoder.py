@@ -122,8 +122,8 @@ def onnx_cross_encoder(folder: Path) -> Path:
 
 def minilm_reranker_gguf() -> Path:
     """all-MiniLM-L6-v2 + a random classification head as a GGUF reranker (rank pooling), cached."""
-    from gateway import hub
-    from gateway.hub import file_lock
+    from gateway.manifest import hub
+    from gateway.manifest.hub import file_lock
     from schemas.manifest import ModelSpec
 
     out = test_models_dir() / f"minilm-reranker-f16-v{CONVERTER_VERSION}.gguf"

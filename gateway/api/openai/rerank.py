@@ -27,13 +27,13 @@ import orjson
 from backends.base import Backend
 from backends.rerank import RerankScores
 from gateway.api.common import parse_body
-from gateway.http import Request, Response, Route
+from gateway.http.core import Request, Response, Route
 from gateway.models.batcher import Batch
 from gateway.observability import metrics
 from schemas.rerank import RerankRequest, RerankResponse
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.api.context import Gateway
 
 
 @dataclass

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from backends.base import Backend, Cancelled
 from gateway.api.common import SSE_HEADERS, parse_body, sse
-from gateway.http import HTTPError, Request, Route, StreamResponse
+from gateway.http.core import HTTPError, Request, Route, StreamResponse
+from gateway.http.errors import error_event
 from gateway.media.speech_out import Encoder, media_type
 from schemas.audio import SpeechRequest
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.api.context import Gateway
 
 
 def encoded(backend: Backend, body: SpeechRequest, cancelled: Cancelled) -> Iterator[tuple[str, Any]]:
@@ -81,8 +82,8 @@ async def _sse(first: tuple[str, Any], items: AsyncIterator[tuple[str, Any]]) ->
         yield _event(kind, value)
         async for kind, value in items:
             yield _event(kind, value)
-    except HTTPError as exc:  # a failure after the answer started: an error event ends the stream
-        yield sse(exc.envelope())
+    except Exception as exc:  # noqa: BLE001 - a failure after the answer started: an error event ends the stream
+        yield error_event(exc)
     finally:
         await items.aclose()
 
