@@ -12,8 +12,9 @@ and the others still run.
 
 Scores are the model's raw output (a logit for ms-marco and bge style
 rerankers), as llama-server and fastembed return them: only their order is
-meaningful across models. Pairs longer than the model's maximum are cut
-(the document side first), as every reranking server does.
+meaningful across models. Pairs longer than the model's maximum are cut, as
+every reranking server does: by the tokenizer's own pair truncation (fastembed)
+or from the document's tail first (llama.cpp, `cut_pair`).
 """
 
 from __future__ import annotations
