@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from gateway.media.speech_out import wav_header
-from tests.conftest import Server, fetch_catalog, write_manifest
+from tests.conftest import Server, fetch_catalog, metric, write_manifest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -86,6 +86,7 @@ def test_audio_is_streamed_in_chunks_as_it_is_made(server):
 
 
 def test_sse_sends_one_delta_per_sentence_then_the_usage(server):
+    before = metric(server.url, "nexa_speech_audio_seconds_total", model="piper-joe")
     body = {"model": "piper-joe", "input": TEXT, "voice": "alloy", "response_format": "mp3", "stream_format": "sse"}
     response = httpx.post(server.url + "/v1/audio/speech", json=body, timeout=120)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
@@ -96,6 +97,8 @@ def test_sse_sends_one_delta_per_sentence_then_the_usage(server):
     usage = events[-1]["usage"]
     assert usage["seconds"] == pytest.approx(seconds_of(audio), abs=0.15)
     assert usage["input_tokens"] == usage["total_tokens"] > len(TEXT) // 2
+    spoken = metric(server.url, "nexa_speech_audio_seconds_total", model="piper-joe") - before
+    assert spoken == pytest.approx(usage["seconds"], abs=0.01)
 
 
 def test_speed_makes_shorter_audio(client):

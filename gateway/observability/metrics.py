@@ -24,6 +24,8 @@ EMBED_BATCH_INPUTS = Histogram("nexa_embedding_batch_inputs", "Inputs (texts or 
                                ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 2048))
 RERANK_BATCH = Histogram("nexa_rerank_batch_requests", "Rerank requests merged into one engine call",
                          ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+SPEECH_SECONDS = Counter("nexa_speech_audio_seconds_total", "Seconds of speech synthesized", ["model"],
+                         registry=REGISTRY)
 RELOADS = Counter("nexa_manifest_reloads_total", "Manifest reloads by outcome", ["outcome"], registry=REGISTRY)
 
 

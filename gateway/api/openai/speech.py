@@ -22,18 +22,20 @@ from gateway.api.common import SSE_HEADERS, parse_body, sse
 from gateway.http.core import HTTPError, Request, Route, StreamResponse
 from gateway.http.errors import error_event
 from gateway.media.speech_out import Encoder, media_type
+from gateway.observability import metrics
 from schemas.audio import SpeechRequest
 
 if TYPE_CHECKING:
     from gateway.api.context import Gateway
 
 
-def encoded(backend: Backend, body: SpeechRequest, cancelled: Cancelled) -> Iterator[tuple[str, Any]]:
+def encoded(backend: Backend, body: SpeechRequest, model: str, cancelled: Cancelled) -> Iterator[tuple[str, Any]]:
     """On the model's thread: ("audio", bytes) per sentence, then ("done", usage)."""
     speaker = backend.speaker(body.voice)
     sentences = backend.sentences(body.input)
     encoder = Encoder(body.response_format, backend.sample_rate)
     for samples in backend.speak(sentences, speaker, body.speed, cancelled):
+        metrics.SPEECH_SECONDS.labels(model).inc(len(samples) / backend.sample_rate)
         data = encoder.feed(samples)
         if data:
             yield "audio", data
@@ -50,7 +52,7 @@ def encoded(backend: Backend, body: SpeechRequest, cancelled: Cancelled) -> Iter
 async def speech(gw: "Gateway", request: Request) -> StreamResponse:
     body: SpeechRequest = parse_body(SpeechRequest, request)
     handle = gw.select_model(body.model, "speech", request.path)
-    items = handle.stream(lambda backend, cancelled: encoded(backend, body, cancelled))
+    items = handle.stream(lambda backend, cancelled: encoded(backend, body, handle.name, cancelled))
     try:
         first = await items.__anext__()  # errors before any audio become a proper status
     except StopAsyncIteration:
