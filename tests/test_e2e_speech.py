@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from gateway.media.speech_out import wav_header
-from tests.conftest import Server, fetch_catalog, metric, write_manifest
+from tests.conftest import Server, fetch_catalog, metric, models, wait_for, write_manifest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -124,11 +124,15 @@ def test_bad_requests_fail_before_any_audio(server, body, status, param):
     assert response.json()["error"]["param"] == param
 
 
-def test_a_client_that_leaves_does_not_break_the_voice(server, client):
-    long_text = " ".join([TEXT] * 8)
+def test_a_client_that_leaves_stops_synthesis(server, client):
+    long_text = " ".join([TEXT] * 8)  # 24 sentences, about a minute of speech
+    before = metric(server.url, "nexa_speech_audio_seconds_total", model="piper-joe")
     with httpx.stream("POST", server.url + "/v1/audio/speech", timeout=120,
                       json={"model": "piper-joe", "input": long_text, "response_format": "pcm"}) as response:
         next(response.iter_raw())  # one sentence, then hang up
+    wait_for(lambda: models(server.url)["piper-joe"]["running"] == 0, timeout=60)
+    spoken = metric(server.url, "nexa_speech_audio_seconds_total", model="piper-joe") - before
+    assert 0 < spoken < 20  # a few sentences, not the whole minute
     audio = client.audio.speech.create(model="piper-joe", voice="alloy", input="Still speaking.",
                                        response_format="wav").content
     assert seconds_of(audio) > 0.3
