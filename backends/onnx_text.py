@@ -235,6 +235,39 @@ class OnnxTextBackend(Backend):
     def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
                      response_format: dict | None, **template_vars: Any) -> list[int]:
         """The prompt tokens of a chat request (shared by `chat` and `count_chat`); what ONNX cannot do is a 400."""
+        text = self.render_prompt(messages, tools=tools, tool_choice=tool_choice, response_format=response_format,
+                                  **template_vars)
+        return self.tokenize(text, special=False)  # the template wrote BOS
+
+    # -- the tokenizer and template on their own (POST /tokenize, /detokenize, /apply-template) --------
+
+    # `tokenizers` encodes and decodes from any thread; the session is not touched.
+    tokenizes_beside_generation = True
+
+    def tokenize_text(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        if not parse_special:
+            raise BackendError(f"model {self.spec.name!r} (ONNX, `tokenizers`) always reads special-token "
+                               "spellings in the text; send parse_special: true", param="parse_special")
+        return self.tokenize(text, special=add_special)
+
+    def _checked_ids(self, tokens: list[int]) -> list[int]:
+        vocab = self.tokenizer.get_vocab_size()
+        for index, token in enumerate(tokens):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+                raise BackendError(f"tokens[{index}] is {token!r}; token ids of model {self.spec.name!r} are "
+                                   f"integers in [0, {vocab})", param=f"tokens[{index}]")
+        return tokens
+
+    def detokenize_tokens(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(self._checked_ids(tokens), skip_special_tokens=False)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return [self.tokenizer.decode([t], skip_special_tokens=False).encode("utf-8")
+                for t in self._checked_ids(tokens)]
+
+    def render_prompt(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
+                      response_format: dict | None = None, parallel_tool_calls: bool = True,
+                      **template_vars: Any) -> str:
         mode, _ = tools_mod.choose(tools, tool_choice)
         if mode != "none":
             raise BackendError(f"model {self.spec.name!r} (ONNX) does not support tool calling; "
@@ -243,7 +276,7 @@ class OnnxTextBackend(Backend):
             messages = tools_mod.without_tools(messages)
         if response_format and response_format.get("type") not in (None, "text"):
             raise BackendError(f"model {self.spec.name!r} (ONNX) supports only response_format type \"text\"")
-        return self.tokenize(self.render_chat(messages, **template_vars), special=False)  # the template wrote BOS
+        return self.render_chat(messages, **template_vars)
 
     # -- generation ----------------------------------------------------------
 
