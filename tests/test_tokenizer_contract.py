@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import Backend, BackendError
+from backends.base import Backend, BackendError, ChatOptions
 from backends.llama import LlamaBackend
 from backends.onnx_text import OnnxTextBackend
 from schemas.manifest import ModelSpec
@@ -52,11 +52,11 @@ def test_detokenize_inverts_tokenize_and_pieces_are_the_bytes(engine, request):
 @pytest.mark.parametrize("engine", ["llama", "onnx"])
 def test_render_prompt_is_what_chat_tokenizes(engine, request):
     backend: Backend = request.getfixturevalue(engine)
-    options = [{}] + ([{"tools": TOOLS, "tool_choice": "auto"}] if engine == "llama" else [])
-    for extra in options:
-        prompt = backend.render_prompt(MESSAGES, **extra)
-        assert backend.count_chat(MESSAGES, **extra) == len(backend.tokenize_text(prompt))
-        assert ("get_weather" in prompt) == bool(extra)
+    choices = [ChatOptions()] + ([ChatOptions(tools=TOOLS, tool_choice="auto")] if engine == "llama" else [])
+    for options in choices:
+        prompt = backend.render_prompt(MESSAGES, options)
+        assert backend.count_chat(MESSAGES, options) == len(backend.tokenize_text(prompt))
+        assert ("get_weather" in prompt) == bool(options.tools)
 
 
 def test_special_tokens_and_bounds(llama):
