@@ -292,3 +292,46 @@ def test_the_js_client_streams_chat(client, oai, server):
     whole = client.chat(model="smollm2", messages=HELLO, options=options)
     assert len(parts) > 3 and parts[-1]["done"] is True and not any(p["done"] for p in parts[:-1])
     assert "".join(p["message"]["content"] for p in parts) == whole.message.content
+
+
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory, smollm2_path: Path) -> Iterator[Server]:
+    """The synthetic LLaVA-style pair of tests/synth/vlm.py (real llama.cpp vision engine) and SmolLM2."""
+    from tests.synth.vlm import vlm_pair
+
+    tmp = tmp_path_factory.mktemp("ollama-vision")
+    model, mmproj = vlm_pair()
+    manifest = write_manifest(tmp / "nexa.yaml", [
+        {"name": "vlm", "source": str(model), "type": "MULTIMODAL", "mmproj": str(mmproj), "nctx": 512,
+         "preload": True},
+        {"name": "smollm2", "source": "smollm2", "nctx": 512, "preload": True}])
+    server = Server(["-c", str(manifest)], tmp)
+    yield server
+    server.stop()
+
+
+def test_images_go_to_vision_models_as_on_v1(vision_server):
+    import base64
+
+    from tests.synth.vlm import TOKENS_PER_IMAGE, png
+
+    client = ollama.Client(host=vision_server.url, timeout=120)
+    v1 = openai.OpenAI(base_url=vision_server.url + "/v1", api_key="unused", timeout=120)
+    text = "What is in this picture?"
+    options = {"temperature": 0, "num_predict": 6}
+
+    def ask(image: bytes | None):
+        return client.chat(model="vlm", options=options, messages=[
+            {"role": "user", "content": text, **({"images": [image]} if image else {})}])
+
+    black, white, alone = ask(png("black")), ask(png("white")), ask(None)
+    assert black.prompt_eval_count - alone.prompt_eval_count == TOKENS_PER_IMAGE
+    assert black.message.content != white.message.content
+    same = v1.chat.completions.create(model="vlm", max_tokens=6, temperature=0, messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": base64.b64encode(png("black")).decode()}},
+        {"type": "text", "text": text}]}])
+    assert black.message.content == same.choices[0].message.content
+    assert black.prompt_eval_count == same.usage.prompt_tokens
+    with pytest.raises(ollama.ResponseError) as text_only:
+        client.generate(model="smollm2", prompt=text, images=[png("black")])
+    assert text_only.value.status_code == 400 and "image" in text_only.value.error
