@@ -27,7 +27,7 @@ from gateway.http.core import HTTPError, Request, Response, StreamResponse, json
 from gateway.models.handle import ModelHandle
 from gateway.models.state import ModelState
 from gateway.api.common import parse_body
-from gateway.api.chat import chain, closing, open_chat, sampling, start_stream
+from gateway.api.chat import chain, closing, open_chat, open_completion
 from schemas.ollama import OllamaChatRequest, OllamaGenerateRequest
 
 if TYPE_CHECKING:
@@ -112,14 +112,7 @@ async def generate(gw: "Gateway", request: Request) -> Response | StreamResponse
 async def open_raw(gw: "Gateway", request: Request, name: str, body: OllamaGenerateRequest
                    ) -> tuple[ModelHandle, Delta | None, AsyncIterator[Delta]]:
     """`raw: true`: the engine call /v1/completions makes, on the prompt as sent."""
-    completion = completion_request(name, body)
-    handle = gw.select_model(name, "complete", request.path)
-    params = sampling(completion, handle, default_max=None)
-    prompt = completion.prompt
-    deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
-    request.state["stream"] = body.stream
-    first, deltas = await start_stream(handle, request, deltas)
-    return handle, first, deltas
+    return await open_completion(gw, request, completion_request(name, body), default_max=None)
 
 
 async def answer(gw: "Gateway", handle: ModelHandle, model: str, stream: bool, keep: float | None, clock: Clock,
