@@ -23,7 +23,7 @@ import pytest
 from tests import tools
 from tests.conftest import Server, fetch_catalog, metric, write_manifest
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 KEY = "ollama-test-key"
 CHAT_ONLY = "chat-only-key"

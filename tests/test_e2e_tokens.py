@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Server, fetch_catalog, write_manifest
 from tests.synth.onnx_lm import tiny_onnx_lm
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SYSTEM = "You are a terse assistant."
 TEXTS = ["Hello, world!", "naïve café — 東京 🚀", "  two leading spaces\nand\ttabs  ", "<|im_start|>user\nhi"]

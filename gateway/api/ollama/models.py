@@ -176,13 +176,12 @@ async def pull(gw: "Gateway", request: Request) -> Response | StreamResponse:
         return json_response({"status": "success"})
 
     async def lines() -> AsyncIterator[bytes]:
-        yield line({"status": f"pulling {handle.spec.source}"})
+        yield line({"status": f"pulling and verifying {handle.spec.source}"})
         try:
             await asyncio.to_thread(fetch)
         except Exception as exc:  # noqa: BLE001 - in-band, as Ollama reports a failed pull
             yield error_event(exc, "ollama")
             return
-        yield line({"status": "verifying sha256 digest"})
         yield line({"status": "success"})
 
     return StreamResponse(lines(), headers=dict(NDJSON_HEADERS))
