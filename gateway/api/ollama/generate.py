@@ -88,7 +88,7 @@ async def chat(gw: "Gateway", request: Request) -> Response | StreamResponse:
         handle, first, deltas = await open_chat(gw, request, chat_request(name, body))
     except HTTPError as exc:
         raise renamed(exc) from None
-    return await answer(gw, handle, body.model, body.stream, keep, clock, first, deltas, chat=True)
+    return await answer(handle, body.model, body.stream, keep, clock, first, deltas, chat=True)
 
 
 async def generate(gw: "Gateway", request: Request) -> Response | StreamResponse:
@@ -106,7 +106,7 @@ async def generate(gw: "Gateway", request: Request) -> Response | StreamResponse
             handle, first, deltas = await open_chat(gw, request, generate_request(name, body))
     except HTTPError as exc:
         raise renamed(exc) from None
-    return await answer(gw, handle, body.model, body.stream, keep, clock, first, deltas, chat=False)
+    return await answer(handle, body.model, body.stream, keep, clock, first, deltas, chat=False)
 
 
 async def open_raw(gw: "Gateway", request: Request, name: str, body: OllamaGenerateRequest
@@ -115,8 +115,10 @@ async def open_raw(gw: "Gateway", request: Request, name: str, body: OllamaGener
     return await open_completion(gw, request, completion_request(name, body), default_max=None)
 
 
-async def answer(gw: "Gateway", handle: ModelHandle, model: str, stream: bool, keep: float | None, clock: Clock,
+async def answer(handle: ModelHandle, model: str, stream: bool, keep: float | None, clock: Clock,
                  first: Delta | None, deltas: AsyncIterator[Delta], *, chat: bool) -> Response | StreamResponse:
+    """The deltas as Ollama's answer: NDJSON lines, or one object; `chat` picks /api/chat's `message`
+    over /api/generate's `response`. Tool calls come as one line before the last, as Ollama sends them."""
     def piece(text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         if not chat:
             return {"response": text}
@@ -142,7 +144,7 @@ async def answer(gw: "Gateway", handle: ModelHandle, model: str, stream: bool, k
                 yield error_event(exc, "ollama")
                 return
             finally:
-                release(gw, handle, keep)
+                release(handle, keep)
             yield line({"model": model, "created_at": now(), **piece(""), **clock.final(handle, last)})
 
         return StreamResponse(closing(lines(), deltas), headers=dict(NDJSON_HEADERS))
@@ -154,12 +156,12 @@ async def answer(gw: "Gateway", handle: ModelHandle, model: str, stream: bool, k
             text += delta.text
             last = delta if delta.finish_reason else last
     finally:
-        release(gw, handle, keep)
+        release(handle, keep)
     calls = ollama_tool_calls(last.tool_calls if last is not None else None) if chat else None
     return json_response({"model": model, "created_at": now(), **piece(text, calls), **clock.final(handle, last)})
 
 
-def release(gw: "Gateway", handle: ModelHandle, keep: float | None) -> None:
+def release(handle: ModelHandle, keep: float | None) -> None:
     """`keep_alive: 0`: unload once the model's queued work is done (a pinned model stays)."""
     if keep == 0 and not handle.spec.pinned:
         task = asyncio.get_running_loop().create_task(handle.unload("keep_alive"))
