@@ -120,3 +120,27 @@ class Backend:
     def count_chat(self, messages: list[dict], options: ChatOptions | None = None) -> int:
         """The prompt tokens `chat(messages, ..., options)` would use (for token-counting routes)."""
         raise BackendError(f"model {self.spec.name!r} cannot count prompt tokens")
+
+    # The model's tokenizer and chat template (POST /tokenize, /detokenize, /apply-template): override
+    # in text backends. They read only the vocabulary and the template, never the decode state, so an
+    # engine that sets `tokenizes_beside_generation` lets the gateway run them on another thread while
+    # a generation runs (no decode slot, no queue).
+    tokenizes_beside_generation: ClassVar[bool] = False
+
+    def tokenize_text(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`; `add_special` adds what the tokenizer adds to a prompt (BOS),
+        `parse_special` reads special-token spellings in `text` (`<|im_start|>`) as those tokens."""
+        raise BackendError(f"model {self.spec.name!r} has no tokenizer this gateway can use", param="model")
+
+    def detokenize_tokens(self, tokens: list[int]) -> str:
+        """The text of token ids (special tokens written out); ids outside the vocabulary are a BackendError."""
+        raise BackendError(f"model {self.spec.name!r} has no tokenizer this gateway can use", param="model")
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's own bytes (a piece may be part of a UTF-8 character)."""
+        raise BackendError(f"model {self.spec.name!r} has no tokenizer this gateway can use", param="model")
+
+    def render_prompt(self, messages: list[dict], options: ChatOptions | None = None) -> str:
+        """The prompt text `chat(messages, ..., options)` gives the engine: the chat template applied
+        (with the tool prompt when `options.tools` are offered), generation prompt included."""
+        raise BackendError(f"model {self.spec.name!r} has no chat template this gateway can render", param="model")

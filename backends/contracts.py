@@ -24,8 +24,10 @@ class TextCompletion(Protocol):
 
 
 class Chat(Protocol):
-    """Also `count_chat(messages, options) -> int` (token-counting routes): optional, since an engine
-    without a tokenizer here (a remote upstream) cannot count; `Backend`'s own answers a clear 400."""
+    """Also `count_chat(messages, options) -> int` (token-counting routes) and the tokenizer methods
+    `tokenize_text`, `detokenize_tokens`, `token_pieces`, `render_prompt` (POST /tokenize, /detokenize,
+    /apply-template): optional, since an engine without a tokenizer here (a remote upstream) has none;
+    `Backend`'s own answer a clear 400."""
 
     def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled,
              options: ChatOptions | None = None) -> Iterator[Delta]: ...

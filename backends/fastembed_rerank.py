@@ -28,10 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from backends.errors import LoadError
 from backends.embeddings import read_options
-from backends.fastembed import MAX_BATCH_TOKENS, _fastembed_device, _read_json, _REGISTER_LOCK, chunks, locate, \
-    prepare_folder
+from backends.errors import LoadError
+from backends.fastembed import (
+    _REGISTER_LOCK,
+    MAX_BATCH_TOKENS,
+    _fastembed_device,
+    _read_json,
+    chunks,
+    locate,
+    prepare_folder,
+)
 from backends.rerank import RerankBackend
 from schemas.manifest import ModelSpec
 
@@ -42,8 +49,8 @@ OPTIONS = {"model_file": str, "max_length": int, "max_batch_tokens": int, "max_d
 
 
 def _register(folder: Path, model_file: str) -> str:
-    from fastembed.rerank.cross_encoder import TextCrossEncoder
     from fastembed.common.model_description import ModelSource
+    from fastembed.rerank.cross_encoder import TextCrossEncoder
 
     key = hashlib.sha256(f"{folder.resolve()}|{model_file}".encode()).hexdigest()[:16]
     name = f"nexa-local-rerank/{key}"

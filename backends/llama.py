@@ -121,12 +121,33 @@ class LlamaBackend(Backend):
     def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
                      **template_vars: Any) -> tuple[str, list[dict], list[int]]:
         """(tool mode, functions, prompt tokens): the one prompt both `chat` and `count_chat` see."""
-        mode, functions = tools_mod.choose(tools, tool_choice)
-        if mode == "none":
-            if tools:
-                messages = tools_mod.without_tools(messages)
-            return mode, functions, self._chat_tokens(messages, **template_vars)
-        return mode, functions, self._chat_tokens(tools_mod.with_tool_prompt(messages, functions), **template_vars)
+        mode, functions, messages = _templated(messages, tools, tool_choice)
+        return mode, functions, self._chat_tokens(messages, **template_vars)
+
+    # -- the tokenizer and template on their own (POST /tokenize, /detokenize, /apply-template) --------
+
+    # llama.cpp's tokenizer reads only the vocabulary (llama-server tokenizes on its HTTP threads too).
+    tokenizes_beside_generation = True
+
+    def tokenize_text(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.tokenize(text, add_bos=add_special, special=parse_special)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        vocab = self.llm.n_vocab()
+        for index, token in enumerate(tokens):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+                raise BackendError(f"tokens[{index}] is {token!r}; token ids of model {self.spec.name!r} are "
+                                   f"integers in [0, {vocab})", param=f"tokens[{index}]")
+        return [private.token_piece(self.llm, token) for token in tokens]
+
+    def detokenize_tokens(self, tokens: list[int]) -> str:
+        # As llama-server's /detokenize: the pieces joined, special tokens written out.
+        return b"".join(self.token_pieces(tokens)).decode("utf-8", errors="replace")
+
+    def render_prompt(self, messages: list[dict], options: ChatOptions | None = None) -> str:
+        # `_chat_tokens` tokenizes exactly this text (no BOS added: the template wrote it).
+        options = options or ChatOptions()
+        return self.render_chat(_templated(messages, options.tools, options.tool_choice)[2])
 
     def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         # The template already wrote BOS where the model wants it.
@@ -230,6 +251,15 @@ class LlamaBackend(Backend):
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
             detokenizer=textloop.ByteDetokenizer(piece, prompt_tokens), stop=params.stop, budget=budget,
             cancelled=cancelled)
+
+
+def _templated(messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> tuple[str, list[dict], list[dict]]:
+    """(tool mode, functions, the messages the chat template renders): with tools to call, the tool
+    prompt joins them; with tools that may not be called, earlier tool turns are flattened."""
+    mode, functions = tools_mod.choose(tools, tool_choice)
+    if mode != "none":
+        return mode, functions, tools_mod.with_tool_prompt(messages, functions)
+    return mode, functions, tools_mod.without_tools(messages) if tools else messages
 
 
 # Every JSON grammar comes from backends/json_grammar.py (strict JSON only); these names stay for callers.

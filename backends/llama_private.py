@@ -26,6 +26,22 @@ def token_text(llm: Any, token: int) -> str:
     return llm._model.token_get_text(token)
 
 
+def token_piece(llm: Any, token: int) -> bytes:
+    """One token's bytes, special tokens written out (llama-server's /tokenize pieces and /detokenize).
+    `Llama.detokenize` drops a leading space after BOS and asserts pieces fit 32 bytes."""
+    import ctypes
+
+    import llama_cpp
+
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(llm._model.vocab, llama_cpp.llama_token(token), buffer, size, 0, True)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # too small: llama.cpp answers minus the length it needs
+
+
 def vocab(llm: Any) -> Any:
     """The `llama_vocab*` pointer that `llama_cpp.llama_vocab_is_eog` takes; `Llama` does not expose it
     (its `token_eos()` is one token, while a model may have several end-of-generation tokens)."""

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from backends import llama_private as private
-from backends.errors import LoadError
 from backends.embeddings import read_options
+from backends.errors import LoadError
 from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from backends.rerank import RerankBackend, cut_pair
 from schemas.manifest import ModelSpec

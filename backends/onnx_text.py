@@ -232,6 +232,36 @@ class OnnxTextBackend(Backend):
 
     def _chat_prompt(self, messages: list[dict], options: ChatOptions) -> list[int]:
         """The prompt tokens of a chat request (shared by `chat` and `count_chat`); what ONNX cannot do is a 400."""
+        return self.tokenize(self.render_prompt(messages, options), special=False)  # the template wrote BOS
+
+    # -- the tokenizer and template on their own (POST /tokenize, /detokenize, /apply-template) --------
+
+    # `tokenizers` encodes and decodes from any thread; the session is not touched.
+    tokenizes_beside_generation = True
+
+    def tokenize_text(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        if not parse_special:
+            raise BackendError(f"model {self.spec.name!r} (ONNX, `tokenizers`) always reads special-token "
+                               "spellings in the text; send parse_special: true", param="parse_special")
+        return self.tokenize(text, special=add_special)
+
+    def _checked_ids(self, tokens: list[int]) -> list[int]:
+        vocab = self.tokenizer.get_vocab_size()
+        for index, token in enumerate(tokens):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
+                raise BackendError(f"tokens[{index}] is {token!r}; token ids of model {self.spec.name!r} are "
+                                   f"integers in [0, {vocab})", param=f"tokens[{index}]")
+        return tokens
+
+    def detokenize_tokens(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(self._checked_ids(tokens), skip_special_tokens=False)
+
+    def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return [self.tokenizer.decode([t], skip_special_tokens=False).encode("utf-8")
+                for t in self._checked_ids(tokens)]
+
+    def render_prompt(self, messages: list[dict], options: ChatOptions | None = None) -> str:
+        options = options or ChatOptions()
         tools, response_format = options.tools, options.response_format
         mode, _ = tools_mod.choose(tools, options.tool_choice)
         if mode != "none":
@@ -241,7 +271,7 @@ class OnnxTextBackend(Backend):
             messages = tools_mod.without_tools(messages)
         if response_format and response_format.get("type") not in (None, "text"):
             raise BackendError(f"model {self.spec.name!r} (ONNX) supports only response_format type \"text\"")
-        return self.tokenize(self.render_chat(messages), special=False)  # the template wrote BOS
+        return self.render_chat(messages)
 
     # -- generation ----------------------------------------------------------
 

