@@ -267,3 +267,20 @@ def test_an_unreachable_redis_at_start_is_a_503_not_a_hang(closed_port):
 def test_bad_urls_are_refused_by_name(url, problem):
     with pytest.raises(ValueError, match=problem):
         open_store(url)
+
+
+def test_sqlite_keeps_its_running_byte_total_exact(tmp_path):
+    """Eviction reads the running total (summing the column would read every row): it must equal the sum."""
+    path = tmp_path / "state.db"
+
+    async def body(store):
+        for n in range(12):
+            await store.put("alice", "response", f"resp_{n % 5}", blob(n, 700 * (n % 3)))
+            await store.put("alice", "item", f"item_{n}", blob(n, 300))
+            if n % 4 == 0:
+                await store.delete("alice", "item", f"item_{n - 1}")
+
+    run(f"sqlite:///{path}", body, max_bytes=5000, max_count={"response": 3})
+    db = sqlite3.connect(path)
+    total = db.execute("SELECT bytes FROM totals").fetchone()[0]
+    assert total == db.execute("SELECT SUM(bytes) FROM objects").fetchone()[0] and 0 < total <= 5000
