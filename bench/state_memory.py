@@ -46,7 +46,8 @@ def response(n: int, size: int) -> tuple[dict, list[dict]]:
 
 
 async def child(url: str, count: int, size: int) -> dict:
-    from gateway.state import Limits, open_store
+    from gateway.state.base import Limits
+    from gateway.state.urls import open_store
 
     store = open_store(url, Limits(max_count={"response": 1000}))
     await store.start()

@@ -1,7 +1,7 @@
 """Request and response bodies of the OpenAI Responses API (`/v1/responses`).
 
 Shapes only: the translation to and from a chat request lives in
-`gateway/routes/responses.py`. OpenAI's fields this gateway has no use for are
+`gateway/api/openai/responses.py`. OpenAI's fields this gateway has no use for are
 named below and ignored on purpose (IGNORED); those that would change the answer
 and are not implemented are refused with a 400 naming them (REFUSED). Fields
 OpenAI does not have are ignored too (logged at debug level), so newer SDKs keep

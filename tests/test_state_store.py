@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from gateway.state import Limits, ObjectTooLarge, StateUnavailable, open_store
+from gateway.state.base import Limits, ObjectTooLarge, StateUnavailable
+from gateway.state.urls import open_store
 from gateway.state.sqlite_store import SCHEMA_VERSION
 
 pytestmark = pytest.mark.timeout(120)

@@ -19,23 +19,23 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gateway.http import HTTPError
+from backends.errors import NexaError
 
 
-class StateUnavailable(HTTPError):
+class StateUnavailable(NexaError):
     """The store cannot be reached or read (down, timed out, corrupt, refused schema): a 503."""
 
     def __init__(self, message: str):
-        super().__init__(503, message, code="state_unavailable", headers={"retry-after": "5"})
+        super().__init__(message, status=503, code="state_unavailable", headers={"retry-after": "5"})
 
 
-class ObjectTooLarge(HTTPError):
+class ObjectTooLarge(NexaError):
     """One object is larger than the whole store may hold (`server.state_max_bytes`)."""
 
     def __init__(self, size: int, limit: int):
-        super().__init__(400, f"This object would take {size} bytes in the state store, more than its bound of "
+        super().__init__(f"This object would take {size} bytes in the state store, more than its bound of "
                               f"{limit} bytes (server.state_max_bytes); send it with `store: false`, or shorter.",
-                         code="state_object_too_large")
+                         status=400, code="state_object_too_large")
 
 
 @dataclass
@@ -77,6 +77,9 @@ class Store(ABC):
 
     async def close(self) -> None:
         """Release connections and files."""
+
+    async def ping(self) -> None:
+        """Raise StateUnavailable unless the store answers now (before work that will need it)."""
 
     @abstractmethod
     async def get(self, owner: str, kind: str, key: str) -> dict[str, Any] | None:

@@ -120,6 +120,9 @@ class RedisStore(Store):
     async def start(self) -> None:
         await self._call(self._redis().ping())
 
+    async def ping(self) -> None:
+        await self._call(self._redis().ping())
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()

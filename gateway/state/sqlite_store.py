@@ -74,6 +74,9 @@ class SqliteStore(Store):
     async def start(self) -> None:
         await self._run(lambda db: None)
 
+    async def ping(self) -> None:
+        await self._run(lambda db: None)
+
     async def close(self) -> None:
         with self._lock:
             if self._db is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.api.openai.stored import new_id, referenced
 from gateway.http.core import HTTPError
-from gateway.state import Store
+from gateway.state.base import Store
 from schemas.responses import InputItem
 
 

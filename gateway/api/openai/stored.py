@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.http.core import HTTPError, Request
 from gateway.http.security import current_key
-from gateway.state import Limits, Store, owner_of
+from gateway.state.base import Limits, Store, owner_of
 
 if TYPE_CHECKING:
     from gateway.api.context import Gateway
@@ -99,6 +99,15 @@ async def load_conversation(store: Store, who: str, conversation_id: str, param:
 async def save_conversation(store: Store, who: str, conversation: dict[str, Any]) -> None:
     """Written whole: a conversation lives `responses_ttl_s` after its last change."""
     await store.put(who, CONVERSATION, conversation["id"], conversation)
+
+
+async def append_to_conversation(store: Store, who: str, conversation_id: str, items: list[dict[str, Any]]) -> None:
+    """Read again just before writing, so another request's items appended meanwhile are kept (two
+    writers at the very same moment can still lose one's items: the store has no transactions)."""
+    conversation = await load_conversation(store, who, conversation_id, "conversation")
+    conversation["items"] += items
+    await save_conversation(store, who, conversation)
+    await save_items(store, who, items)
 
 
 def public(conversation: dict[str, Any]) -> dict[str, Any]:
