@@ -56,8 +56,8 @@ async def child(url: str, count: int, size: int) -> dict:
     for n in range(count):
         resp, items = response(n, size)
         await store.put("owner", "response", resp["id"], {"response": resp, "input_items": items})
-        for item in [*items, *resp["output"]]:
-            await store.put("owner", "item", item["id"], item)
+        for item in [*items, *resp["output"]]:  # where each item is: what item_reference looks up
+            await store.put("owner", "item", item["id"], {"response": resp["id"]})
     elapsed = time.perf_counter() - started
     stats = await store.stats()
     kept = len(await store.list("owner", "response"))

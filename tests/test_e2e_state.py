@@ -380,3 +380,36 @@ def test_responses_fields_that_would_change_the_answer_are_refused(client):
         "prompt_cache_key": "k", "safety_identifier": "u", "service_tier": "auto",
         "include": ["reasoning.encrypted_content"], "reasoning": {"effort": "low"}})
     assert ignored.status in ("completed", "incomplete")
+
+
+# -- the OpenAI Agents SDK's conversation session ------------------------------------------------------
+
+
+def test_an_agents_sdk_conversation_session_keeps_the_history_at_the_gateway(server, client):
+    import asyncio
+
+    import agents
+    from openai import AsyncOpenAI
+
+    agents.set_tracing_disabled(True)
+    async_client = AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=180)
+    agent = agents.Agent(name="terse", instructions="Answer in one word.",
+                         model=agents.OpenAIResponsesModel(model="smollm2", openai_client=async_client),
+                         model_settings=agents.ModelSettings(max_tokens=200))
+
+    async def main() -> None:
+        session = agents.OpenAIConversationsSession(openai_client=async_client)
+        first = await agents.Runner.run(agent, "Name a colour.", session=session)
+        second = await agents.Runner.run(agent, "Name another colour.", session=session)
+        assert first.raw_responses[0].usage.input_tokens < second.raw_responses[0].usage.input_tokens
+        items = await session.get_items()
+        assert [item["role"] for item in items] == ["user", "assistant", "user", "assistant"]
+        conversation_id = await session._get_session_id()
+        assert len(client.conversations.items.list(conversation_id).data) == 4  # held by the gateway
+        popped = await session.pop_item()
+        assert popped["role"] == "assistant" and len(await session.get_items()) == 3
+        await session.clear_session()
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.retrieve(conversation_id)
+
+    asyncio.run(main())

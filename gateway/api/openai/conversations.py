@@ -35,7 +35,7 @@ async def create(gw: "Gateway", request: Request) -> Response:
     conversation = {"id": stored.new_id("conv"), "created_at": int(time.time()), "metadata": body.metadata,
                     "items": items}
     await stored.save_conversation(store, who, conversation)
-    await stored.save_items(store, who, items)
+    await stored.point_items(store, who, items, {"conversation": conversation["id"]})
     return json_response(stored.public(conversation))
 
 
@@ -70,7 +70,7 @@ async def add_items(gw: "Gateway", request: Request) -> Response:
     items = await stored_items(store, who, body.items, "items")
     conversation["items"] += items
     await stored.save_conversation(store, who, conversation)
-    await stored.save_items(store, who, items)
+    await stored.point_items(store, who, items, {"conversation": conversation["id"]})
     return json_response({"object": "list", "data": items, "first_id": items[0]["id"], "last_id": items[-1]["id"],
                           "has_more": False})
 

@@ -26,7 +26,7 @@ async def stored_items(store: Store, who: str, raw: str | list[InputItem], field
     items: list[dict[str, Any]] = []
     for index, item in enumerate(raw):
         if item.type == "item_reference":
-            items.append(await referenced(store, who, index, item.id))
+            items.append(await referenced(store, who, f"{field}[{index}]", item.id))
         elif (converted := to_item(item, f"{field}[{index}]")) is not None:
             items.append(converted)
     return items

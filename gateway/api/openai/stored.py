@@ -3,7 +3,8 @@
 Three kinds of object, each owned by the API key that made it:
 - `response`: the response as answered plus every item the model saw (`input_items`), so
   `previous_response_id` continues it and `/input_items` lists it;
-- `item`: every input and output item by its id, so an `item_reference` finds it;
+- `item`: where each input and output item is kept (its response or conversation), by the item's
+  id, so an `item_reference` finds it (a pointer: the item itself is stored once);
 - `conversation`: its metadata and its items, oldest first.
 An id another key owns is answered exactly like an unknown one (404 or 400), so a key cannot
 even learn that it exists.
@@ -61,28 +62,43 @@ async def load_response(store: Store, who: str, response_id: str, param: str | N
     return stored
 
 
-async def save_items(store: Store, who: str, items: list[dict[str, Any]]) -> None:
+async def point_items(store: Store, who: str, items: list[dict[str, Any]], holder: dict[str, str]) -> None:
+    """Record where each item is kept (`{"response": id}` or `{"conversation": id}`) under its own id,
+    so an `item_reference` finds it without a second copy of the item."""
     for item in items:
-        await store.put(who, ITEM, item["id"], item)
+        await store.put(who, ITEM, item["id"], holder)
 
 
 async def save_response(store: Store, who: str, response: dict[str, Any], input_items: list[dict[str, Any]],
                         new_items: list[dict[str, Any]]) -> None:
-    """The response with everything it saw, and its new items (input and output) by id."""
+    """The response with everything it saw, and where its new items (input and output) are."""
     await store.put(who, RESPONSE, response["id"], {"response": response, "input_items": input_items})
-    await save_items(store, who, [*new_items, *response["output"]])
+    await point_items(store, who, [*new_items, *response["output"]], {"response": response["id"]})
 
 
-async def referenced(store: Store, who: str, index: int, item_id: str | None) -> dict[str, Any]:
-    """The stored item an `item_reference` at input[index] names: a 400 naming it when unknown."""
+async def referenced(store: Store, who: str, where: str, item_id: str | None) -> dict[str, Any]:
+    """The stored item an `item_reference` at `where` (`input[2]`) names: a 400 naming it when unknown."""
     if not item_id:
-        raise HTTPError(400, f"input[{index}] is an item_reference without an `id`.", param=f"input[{index}].id",
+        raise HTTPError(400, f"{where} is an item_reference without an `id`.", param=f"{where}.id",
                         code="invalid_value")
-    item = await store.get(who, ITEM, item_id)
+    item = await _find(store, who, item_id)
     if item is None:
-        raise HTTPError(400, f"Item with id {item_id!r} not found (unknown, expired, or stored under another API "
-                             "key).", param=f"input[{index}]", code="item_not_found")
+        raise HTTPError(400, f"Item with id {item_id!r} not found (unknown, expired, deleted, or stored under "
+                             "another API key).", param=where, code="item_not_found")
     return item
+
+
+async def _find(store: Store, who: str, item_id: str) -> dict[str, Any] | None:
+    holder = await store.get(who, ITEM, item_id)
+    if holder is None:
+        return None
+    if "response" in holder:
+        found = await store.get(who, RESPONSE, holder["response"])
+        pool = [*found["input_items"], *found["response"]["output"]] if found else []
+    else:
+        found = await store.get(who, CONVERSATION, holder.get("conversation", ""))
+        pool = found["items"] if found else []
+    return next((item for item in pool if item["id"] == item_id), None)
 
 
 # -- conversations ------------------------------------------------------------------------
@@ -107,7 +123,7 @@ async def append_to_conversation(store: Store, who: str, conversation_id: str, i
     conversation = await load_conversation(store, who, conversation_id, "conversation")
     conversation["items"] += items
     await save_conversation(store, who, conversation)
-    await save_items(store, who, items)
+    await point_items(store, who, items, {"conversation": conversation_id})
 
 
 def public(conversation: dict[str, Any]) -> dict[str, Any]:
