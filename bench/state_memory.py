@@ -31,7 +31,7 @@ MIB = 1024 * 1024
 RUNS = [  # (responses, bytes of input text each)
     (1000, 16 * 1024),
     (1000, 1 * MIB),
-    (100, 32 * MIB),  # server.max_body_bytes: the largest body a client can send
+    (30, 32 * MIB),  # server.max_body_bytes: the largest body a client can send
 ]
 
 

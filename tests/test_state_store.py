@@ -285,3 +285,34 @@ def test_sqlite_keeps_its_running_byte_total_exact(tmp_path):
     db = sqlite3.connect(path)
     total = db.execute("SELECT bytes FROM totals").fetchone()[0]
     assert total == db.execute("SELECT SUM(bytes) FROM objects").fetchone()[0] and 0 < total <= 5000
+
+
+# -- the manifest key ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state, problem", [
+    ("postgres://db/nexa", "server.state"),
+    ("redis://:${NEXA_TEST_UNSET_VARIABLE}@127.0.0.1:6379/0", "NEXA_TEST_UNSET_VARIABLE"),
+])
+def test_a_bad_state_url_is_a_manifest_error_naming_the_key(tmp_path, state, problem):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    manifest = tmp_path / "nexa.yaml"
+    manifest.write_text(yaml.safe_dump({"server": {}, "models": [{"name": "m", "source": str(tmp_path / "m.gguf")}]}))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "NEXA_STATE": state}
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "-c", str(manifest)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "server.state" in result.stderr and problem in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_state_url_is_redacted_where_the_manifest_is_shown():
+    from gateway.manifest.gitops import redact
+
+    shown = redact({"server": {"state": "redis://:hunter2@redis:6379/0", "api_keys": []}, "models": []})
+    assert "hunter2" not in shown["server"]["state"] and "redis:6379" in shown["server"]["state"]
