@@ -12,6 +12,7 @@ stateless requests never touch the store, so they are served while it is down.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -46,6 +47,9 @@ class Limits:
     ttl_s: float = 3600.0
     max_bytes: int = 256 * 1024 * 1024
     max_count: dict[str, int] = field(default_factory=dict)  # kinds not named are bounded by bytes and age only
+
+
+OFF_LOOP_BYTES = 64 * 1024  # larger objects are encoded and decoded on a worker thread
 
 
 def owner_of(api_key: str | None) -> str:
@@ -106,3 +110,13 @@ class Store(ABC):
         if len(data) > self.limits.max_bytes:
             raise ObjectTooLarge(len(data), self.limits.max_bytes)
         return data
+
+    async def encoded(self, value: dict[str, Any]) -> bytes:
+        """`sized(value)` on a worker thread: a stored response may hold a 32 MiB input, whose JSON
+        takes tens of milliseconds to write, which the event loop must not wait for."""
+        return await asyncio.to_thread(self.sized, value)
+
+
+async def decoded(data: bytes | str) -> dict[str, Any]:
+    """`decode` off the event loop when the object is large (small ones are not worth a thread)."""
+    return decode(data) if len(data) < OFF_LOOP_BYTES else await asyncio.to_thread(decode, data)

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.state.base import Store, decode
+from gateway.state.base import Store, decoded
 
 Address = tuple[str, str, str]  # (owner, kind, key)
 
@@ -38,10 +38,10 @@ class MemoryStore(Store):
             entry = self._entries.get((owner, kind, key))
             if entry is None or entry.expires <= self.clock():
                 return None
-            return decode(entry.data)
+        return await decoded(entry.data)
 
     async def put(self, owner: str, kind: str, key: str, value: dict[str, Any]) -> None:
-        data = self.sized(value)
+        data = await self.encoded(value)
         with self._lock:
             self._drop((owner, kind, key))
             self._entries[(owner, kind, key)] = _Entry(data, self.clock() + self.limits.ttl_s)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.state.base import StateUnavailable, Store, decode
+from gateway.state.base import StateUnavailable, Store, decoded
 
 TIMEOUT_S = 3.0
 PREFIX = "nexa:state:"
@@ -130,10 +130,10 @@ class RedisStore(Store):
 
     async def get(self, owner: str, kind: str, key: str) -> dict[str, Any] | None:
         data = await self._call(self._redis().get(self._key(owner, kind, key)))
-        return decode(data) if data is not None else None
+        return await decoded(data) if data is not None else None
 
     async def put(self, owner: str, kind: str, key: str, value: dict[str, Any]) -> None:
-        data = self.sized(value)
+        data = await self.encoded(value)
         self._redis()
         limit = self.limits.max_count.get(kind)
         await self._call(self._scripts["put"](args=[

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gateway.state.base import StateUnavailable, Store, decode
+from gateway.state.base import StateUnavailable, Store, decoded
 
 log = logging.getLogger("nexa.state")
 
@@ -172,17 +172,17 @@ class SqliteStore(Store):
         row = await self._run(lambda db: db.execute(
             "SELECT value FROM objects WHERE owner = ? AND kind = ? AND key = ? AND expires > ?",
             (owner, kind, key, now)).fetchone())
-        return decode(row[0]) if row else None
+        return await decoded(row[0]) if row else None
 
     async def put(self, owner: str, kind: str, key: str, value: dict[str, Any]) -> None:
-        data = self.sized(value)
         limits = self.limits
 
         def write(db: sqlite3.Connection) -> None:
+            data = self.sized(value)  # here, on the worker thread: a large object's JSON takes a while
             with transaction(db):
-                _put(db, self.clock())
+                _put(db, data, self.clock())
 
-        def _put(db: sqlite3.Connection, now: float) -> None:
+        def _put(db: sqlite3.Connection, data: bytes, now: float) -> None:
             freed = _freed(db.execute("DELETE FROM objects WHERE (owner = ? AND kind = ? AND key = ?) OR expires <= ? "
                                       "RETURNING bytes", (owner, kind, key, now)))
             db.execute("INSERT INTO objects (owner, kind, key, value, bytes, expires) VALUES (?, ?, ?, ?, ?, ?)",
