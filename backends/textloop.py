@@ -15,7 +15,7 @@ import codecs
 from typing import Callable, Iterator, Protocol
 
 from backends.base import Cancelled, Delta, TokenLogprob, Usage
-from backends.errors import BackendError
+from backends.errors import ContextLengthExceeded
 from backends.stops import StopScanner
 
 # One sampled token and, when the request asked for logprobs, its TokenLogprob.
@@ -52,7 +52,7 @@ def token_budget(prompt_tokens: list[int], max_tokens: int, n_ctx: int) -> int:
     """Tokens the answer may have: `max_tokens`, or what the context leaves. A prompt that fills
     the context is the caller's error."""
     if len(prompt_tokens) >= n_ctx:
-        raise BackendError(
+        raise ContextLengthExceeded(
             f"the prompt is {len(prompt_tokens)} tokens, which does not fit this model's context of {n_ctx} tokens"
         )
     return min(max_tokens, n_ctx - len(prompt_tokens))

@@ -35,7 +35,7 @@ from backends import llama_private as private
 from backends import mmproj as projector
 from backends.base import Cancelled, ChatOptions, Delta, SamplingParams
 from backends.chat_template import CHATML_TEMPLATE, template_error
-from backends.errors import BackendError, LoadError
+from backends.errors import BackendError, ContextLengthExceeded, LoadError
 from backends.llama import LlamaBackend
 from backends.media import MediaError, as_data_url, content_parts, decode_image, image_part, native_bytes
 from schemas.manifest import Device, ModelSpec
@@ -341,7 +341,7 @@ class VisionBackend(LlamaBackend):
         except ValueError as exc:
             text = str(exc)
             if "exceeds n_ctx" in text:
-                raise BackendError(f"the prompt with its images does not fit this model's context of "
+                raise ContextLengthExceeded(f"the prompt with its images does not fit this model's context of "
                                    f"{llm.n_ctx()} tokens ({text.split(':', 1)[-1].strip()})") from None
             raise BackendError(f"the images could not be prepared: {text}") from None
         except Exception as exc:  # noqa: BLE001 - jinja raises many kinds: the messages do not fit the template

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from backends.errors import NexaError
 from gateway.api import table as routes
-from gateway.api.openai.responses_store import ResponseStore
 from gateway.http.core import HTTPError, Request, Response, Router, StreamResponse
 from gateway.http.errors import error_response
 from gateway.http.security import Authenticator, check_model, cors_headers, current_key, load_keys
@@ -23,6 +22,7 @@ from gateway.models import gauges
 from gateway.models.handle import ModelHandle
 from gateway.models.pool import ModelPool
 from gateway.observability import metrics
+from gateway.state.urls import open_store
 from schemas.manifest import Manifest
 
 log = logging.getLogger("nexa.gateway.app")
@@ -69,11 +69,14 @@ class Gateway:
         self.reloader = None
         self._reloader_options = reloader_options
         self._unserved: dict[str, str] = {}
-        self.responses_store = ResponseStore()  # the Responses API's `store: true` (gateway/api/openai/responses.py)
+        # Stored responses and conversations (gateway/api/openai/stored.py): connected at startup,
+        # and a store that cannot be reached then is tried again by every request that needs it.
+        self.state = open_store(manifest.server.state)
 
     # -- lifecycle -----------------------------------------------------------
 
     def startup(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._state_started = asyncio.run_coroutine_threadsafe(self._start_state(), loop)
         self.pool = ModelPool(self.manifest.models, loop, self.manifest.server)
         self._wire_routes()
         self.pool.preload()
@@ -85,6 +88,15 @@ class Gateway:
             self.reloader.start(loop)
         log.info("gateway ready to accept requests", extra={"event": "startup", "models": [h.name for h in self.pool],
                                                              "manifest_hash": self.manifest_hash})
+
+    async def _start_state(self) -> None:
+        """Open the state store without holding up the start: stateless requests never need it."""
+        try:
+            await self.state.start()
+            log.info("state store %s ready", self.state.url, extra={"event": "state_ready", "store": self.state.url})
+        except NexaError as exc:
+            log.error("state store %s unavailable: %s", self.state.url, exc.message,
+                      extra={"event": "state_unavailable", "store": self.state.url})
 
     def shutdown(self) -> None:
         if self.reloader is not None:

@@ -19,6 +19,7 @@ from gateway.manifest.hub import NO_SPACE, FetchError, cache_root, fetch, fetch_
 from gateway.manifest.load import ManifestError, build, load_file
 from gateway.manifest.partials import sweep_partials
 from gateway.observability.logs import setup_logging
+from gateway.state.urls import open_store
 from schemas.manifest import Manifest, ModelType
 
 MODEL_TYPES = [t.value for t in ModelType]
@@ -239,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return gitops.schema(args, openapi_document)
     try:
         manifest = load_manifest(args)
+        try:
+            open_store(manifest.server.state)  # names the store and reads its ${VAR}s; connects nothing
+        except ValueError as exc:
+            raise ManifestError([f"server.state: {exc}"], args.config or "manifest") from None
         os.environ.update(flag_environment(args))  # the server worker and every reload see the flags
         if args.command == "check":
             names = ", ".join(spec.name for spec in manifest.models)

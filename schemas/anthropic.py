@@ -158,6 +158,27 @@ class MessagesRequest(CountTokensRequest):
     metadata: dict[str, Any] | None = None
     output_config: OutputConfig | None = None
     stream: bool = False
+    # Message threads (beta): refused by the route with Anthropic's `thread_unsupported_request`,
+    # on which the SDKs' tool runners and Claude Code resend the whole conversation.
+    thread: Any = None
+    previous_message_id: str | None = None
+    # Refused when set: they would change the answer and this gateway does not run them.
+    mcp_servers: list[Any] | None = None
+    container: Any = None
+
+    @model_validator(mode="after")
+    def _refused(self) -> "MessagesRequest":
+        if self.mcp_servers:
+            raise ValueError("`mcp_servers` (MCP tools run by Anthropic) is not supported by this gateway; "
+                             "run the MCP client yourself and declare its tools as custom tools")
+        if self.container is not None:
+            raise ValueError("`container` (Anthropic's code execution sandbox) is not supported by this gateway")
+        return self
+
+
+# Messages fields accepted and ignored on purpose: they tune Anthropic's service (tiers, caching,
+# context editing, where inference runs) or ask for thinking, which these models do not do aloud.
+IGNORED = ("metadata", "service_tier", "cache_control", "thinking", "context_management", "inference_geo")
 
 
 # -- responses -----------------------------------------------------------------------

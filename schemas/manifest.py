@@ -111,9 +111,15 @@ class ServerSettings(BaseSettings):
     # Every input image (vision chat, /v1/img2img): at most this many pixels (width x height); a
     # vision model's options.max_image_pixels overrides it for that model.
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest input image, width x height")
-    # Responses API (`store: true`): how many responses are kept in memory, and for how long.
-    responses_max_stored: int = Field(1000, ge=0, description="0: store nothing")
-    responses_ttl_s: float = Field(3600.0, gt=0)
+    # Stored responses and conversations (gateway/state): where, how many, how long, how many bytes.
+    state: str | None = Field(None, pattern=r"^(memory://|sqlite:///.|rediss?://.)",
+                              description="the state store: sqlite:///path/state.db (default: <nexa cache>/state.db), "
+                                          "redis://[:${PASSWORD_VAR}@]host:port/db, rediss://... (TLS), or memory://")
+    responses_max_stored: int = Field(1000, ge=0, description="most stored responses (the oldest go first); 0: none")
+    responses_ttl_s: float = Field(3600.0, gt=0, description="a stored response or conversation is forgotten this "
+                                                             "long after its last write")
+    state_max_bytes: ByteSize = Field(256 * 1024 * 1024, gt=0, description="bytes of stored JSON in all (responses, "
+                                                                           "their items, conversations); oldest go first")
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod

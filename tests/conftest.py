@@ -165,3 +165,14 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator:
+    """A real redis-server / valkey-server on a free loopback port (password in NEXA_TEST_REDIS_PASSWORD)."""
+    from tests.redis_server import PASSWORD, PASSWORD_VAR, RedisServer
+
+    os.environ[PASSWORD_VAR] = PASSWORD
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
+    yield server
+    server.stop()

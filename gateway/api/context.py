@@ -21,7 +21,7 @@ class Gateway(Protocol):
     pool: "ModelPool"
     auth: "Authenticator"
     reloader: Any  # gateway.manifest.reload.Reloader, or None without --reload/-c
-    responses_store: Any
+    state: Any  # gateway.state.Store: stored responses and conversations
     table: list["Route"]  # every route this build knows (the OpenAPI document lists a subset)
 
     def select_model(self, name: str | None, capability: str, path: str) -> "ModelHandle": ...

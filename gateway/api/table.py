@@ -16,14 +16,14 @@ from backends.registry import backend_for
 from gateway.api import tokens
 from gateway.api.anthropic import messages
 from gateway.api.ollama import routes as ollama
-from gateway.api.openai import audio, embeddings, images, rerank, responses, speech, text
+from gateway.api.openai import audio, conversations, embeddings, images, rerank, responses, speech, text
 from gateway.api.ops import admin, discovery, gitops, openapi, playground
 from gateway.http import openapi as openapi_doc
 from gateway.http.core import Route
 from gateway.manifest.load import load_file
 
-MODULES = [text, responses, messages, ollama, tokens, audio, speech, embeddings, rerank, images, discovery, admin,
-           playground, gitops, openapi]
+MODULES = [text, responses, conversations, messages, ollama, tokens, audio, speech, embeddings, rerank, images,
+           discovery, admin, playground, gitops, openapi]
 
 TABLE = [Route(*route) for module in MODULES for route in module.ROUTES]
 ROUTES = [tuple(route[:4]) for route in TABLE]  # (method, path, capability, handler), as the gateway wires them

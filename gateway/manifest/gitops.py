@@ -99,6 +99,8 @@ def redact(data: dict[str, Any]) -> dict[str, Any]:
     server = data.get("server") or {}
     server["api_keys"] = [{**key, "key": REDACTED} if isinstance(key, dict) else REDACTED
                           for key in server.get("api_keys") or []]
+    if isinstance(server.get("state"), str):
+        server["state"] = redact_url(server["state"])  # a Redis password, expanded from its ${VAR}
     for model in data.get("models") or []:
         if model.get("api_key"):
             model["api_key"] = REDACTED

@@ -171,8 +171,22 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 # -- routes ------------------------------------------------------------------------------
 
 
+def refuse_threads(body: MessagesRequest) -> None:
+    """Message threads (beta) keep a conversation at Anthropic; this gateway keeps none, so it answers
+    as Anthropic does where a thread cannot be used. On that code the SDKs' thread runners and Claude
+    Code send the whole conversation again and stop threading; a plain 400, or ignoring the field,
+    would break them or lose the history they think the server holds."""
+    if body.thread not in (None, False) or body.previous_message_id is not None:
+        refusal = HTTPError(400, "Message threads are not supported by this gateway: it keeps no conversation "
+                                 "state; send the full conversation without `thread`.",
+                            param="thread", code="thread_unsupported_request")
+        refusal.details = {"error_code": "thread_unsupported_request"}
+        raise refusal
+
+
 async def messages(gw: "Gateway", request: Request) -> Response | StreamResponse:
     body: MessagesRequest = parse_body(MessagesRequest, request)
+    refuse_threads(body)
     handle, first, deltas = await open_chat(gw, request, to_chat(body))
     mid, stops = f"msg_{uuid.uuid4().hex[:24]}", body.stop_sequences or []
     if body.stream:

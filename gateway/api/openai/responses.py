@@ -5,26 +5,27 @@ tools -> chat tools, `text.format` -> `response_format`) and runs through
 `open_chat`, so prompting, sampling, stop, grammar-constrained tool calls and usage
 are exactly those of `/v1/chat/completions`. The answer is assembled by one
 `ResponseTurn` for both the JSON answer and the event stream, so the two cannot
-drift apart. Stored responses (`store`, `previous_response_id`, GET/DELETE) live in
-`gateway.api.openai.responses_store`, per API key.
+drift apart. Stored responses (`store`, `previous_response_id`, `item_reference`,
+GET/DELETE, input items) and `conversation` context live in the state store, per API
+key (gateway/api/openai/stored.py); `truncation: "auto"` is gateway/api/openai/truncation.py.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from pydantic import ValidationError
 
 from gateway.api.chat import chain, closing, open_chat
 from gateway.api.common import SSE_HEADERS, parse_body, sse
+from gateway.api.openai import stored
+from gateway.api.openai.items import stored_items
 from gateway.api.openai.responses_events import ResponseTurn
-from gateway.api.openai.responses_store import ResponseStore, Stored
+from gateway.api.openai.truncation import fit
 from gateway.http.core import HTTPError, Request, Response, Route, StreamResponse, json_response
-from gateway.http.security import current_key
 from schemas.openai import ChatRequest
-from schemas.responses import InputItem, ResponseObject, ResponsesRequest
+from schemas.responses import ResponseObject, ResponsesRequest
 
 if TYPE_CHECKING:
     from gateway.api.context import Gateway
@@ -32,66 +33,7 @@ if TYPE_CHECKING:
 CHOICES = ("auto", "none", "required")
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def store_of(gw: "Gateway") -> ResponseStore:
-    """The gateway's store; its limits follow the manifest (also after a reload)."""
-    store = gw.responses_store
-    store.max_items = gw.manifest.server.responses_max_stored
-    store.ttl_s = gw.manifest.server.responses_ttl_s
-    return store
-
-
-def owner() -> str:
-    return ResponseStore.owner(current_key.get())
-
-
-def not_found(response_id: str, param: str | None = None) -> HTTPError:
-    return HTTPError(404, f"No response with id {response_id!r} is stored (unknown, deleted, expired, or stored "
-                          "under another API key).", param=param, code="response_not_found")
-
-
 # -- request translation ------------------------------------------------------------------
-
-
-def input_items(body: ResponsesRequest) -> list[dict[str, Any]]:
-    """`input` as stored items (each with an id), the form `input_items` lists."""
-    if isinstance(body.input, str):
-        return [{"type": "message", "id": new_id("msg"), "role": "user", "status": "completed",
-                 "content": [{"type": "input_text", "text": body.input}]}]
-    return [item for index, raw in enumerate(body.input) if (item := _item(index, raw)) is not None]
-
-
-def _item(index: int, item: InputItem) -> dict[str, Any] | None:
-    where = f"input[{index}]"
-    if item.type == "message":
-        if item.role is None:
-            raise HTTPError(400, f"{where} is a message without a `role`.", param=f"{where}.role", code="invalid_value")
-        kind = "output_text" if item.role == "assistant" else "input_text"
-        content = ([{"type": kind, "text": item.content}] if isinstance(item.content, str)
-                   else [p.model_dump(exclude_none=True) for p in item.content or []])
-        return {"type": "message", "id": item.id or new_id("msg"), "role": item.role,
-                "status": item.status or "completed", "content": content}
-    if item.type == "function_call":
-        if not (item.call_id and item.name and item.arguments is not None):
-            raise HTTPError(400, f"{where}: a function_call needs `call_id`, `name` and `arguments`.", param=where,
-                            code="invalid_value")
-        return {"type": "function_call", "id": item.id or new_id("fc"), "call_id": item.call_id, "name": item.name,
-                "arguments": item.arguments, "status": "completed"}
-    if item.type == "function_call_output":
-        if not item.call_id or item.output is None:
-            raise HTTPError(400, f"{where}: a function_call_output needs `call_id` and `output`.", param=where,
-                            code="invalid_value")
-        output = item.output if isinstance(item.output, str) else [p.model_dump(exclude_none=True) for p in item.output]
-        return {"type": "function_call_output", "id": item.id or new_id("fco"), "call_id": item.call_id,
-                "output": output, "status": "completed"}
-    if item.type == "reasoning":
-        return None  # accepted and ignored, like `reasoning`
-    raise HTTPError(400, f"{where}: input items of type {item.type!r} are not supported by this gateway "
-                         "(message, function_call and function_call_output are).", param=f"{where}.type",
-                    code="unsupported_value")
 
 
 def _part(part: dict[str, Any], where: str) -> dict[str, Any]:
@@ -218,33 +160,46 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
 async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
     body: ResponsesRequest = parse_body(ResponsesRequest, request)
     _refuse_unsupported(body)
-    store, who = store_of(gw), owner()
+    store, who = stored.store_of(gw), stored.owner()
     history: list[dict[str, Any]] = []
+    conversation_id = body.conversation_id
     if body.previous_response_id:
-        previous = store.get(who, body.previous_response_id)
-        if previous is None:
-            raise not_found(body.previous_response_id, "previous_response_id")
-        history = [*previous.input_items, *previous.response["output"]]
-    items = history + input_items(body)
+        previous = await stored.load_response(store, who, body.previous_response_id, "previous_response_id")
+        history = [*previous["input_items"], *previous["response"]["output"]]
+    elif conversation_id:
+        history = (await stored.load_conversation(store, who, conversation_id, "conversation"))["items"]
+    new_items = await stored_items(store, who, body.input)
+    if body.store or conversation_id:
+        await store.ping()  # a store that is down is a 503 now, not after the answer was generated
+    items = history + new_items
     tools, namespaces = functions_of(body.tools)
-    chat = chat_request(body, messages_of(body.instructions, items), tools)
+
+    def build(candidate: list[dict[str, Any]]) -> ChatRequest:
+        return chat_request(body, messages_of(body.instructions, candidate), tools)
+
+    prompt = await fit(gw, request, items, body.max_output_tokens, build) if body.truncation == "auto" else items
     try:
-        handle, first, deltas = await open_chat(gw, request, chat)
+        handle, first, deltas = await open_chat(gw, request, build(prompt))
     except HTTPError as exc:
         if exc.param == "max_tokens":
             exc.param, exc.message = "max_output_tokens", exc.message.replace("max_tokens", "max_output_tokens")
         raise
     turn = ResponseTurn(ResponseObject(
-        id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=handle.name,
+        id=stored.new_id("resp"), created_at=int(time.time()), status="in_progress", model=handle.name,
         instructions=body.instructions, max_output_tokens=body.max_output_tokens,
         parallel_tool_calls=body.parallel_tool_calls, previous_response_id=body.previous_response_id,
         store=body.store, temperature=body.temperature, top_p=body.top_p, tool_choice=body.tool_choice,
         tools=body.tools, text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)},
-        user=body.user, metadata=body.metadata), namespaces)
+        truncation=body.truncation, user=body.user, metadata=body.metadata,
+        conversation={"id": conversation_id} if conversation_id else None), namespaces)
 
-    def keep(response: dict[str, Any]) -> None:
-        if body.store and response["status"] != "failed":
-            store.put(who, response["id"], Stored(response=response, input_items=items))
+    async def keep(response: dict[str, Any]) -> None:
+        if response["status"] == "failed":
+            return
+        if body.store:
+            await stored.save_response(store, who, response, items, new_items)
+        if conversation_id:
+            await stored.append_to_conversation(store, who, conversation_id, [*new_items, *response["output"]])
 
     if body.stream:
         async def events() -> AsyncIterator[bytes]:
@@ -254,7 +209,7 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
                 async for delta in chain(first, deltas):
                     batch = turn.feed(delta)
                     if turn.finished:
-                        keep(turn.dump())  # before the terminal event: a client may retrieve it at once
+                        await keep(turn.dump())  # before the terminal event: a client may retrieve it at once
                     for event in batch:
                         yield _event(event)
             except Exception as exc:  # noqa: BLE001 - reported in-band once headers are sent
@@ -270,7 +225,7 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
     if not turn.finished:
         raise HTTPError(500, "generation ended without a finish reason", code="internal_error")
     response = turn.dump()
-    keep(response)
+    await keep(response)
     return json_response(response)
 
 
@@ -280,47 +235,29 @@ def _event(event: dict[str, Any]) -> bytes:
 
 
 async def retrieve(gw: "Gateway", request: Request) -> Response:
-    stored = store_of(gw).get(owner(), request.path_params["response_id"])
-    if stored is None:
-        raise not_found(request.path_params["response_id"])
-    return json_response(stored.response)
+    found = await stored.load_response(stored.store_of(gw), stored.owner(), request.path_params["response_id"])
+    return json_response(found["response"])
 
 
 async def delete(gw: "Gateway", request: Request) -> Response:
     response_id = request.path_params["response_id"]
-    if not store_of(gw).delete(owner(), response_id):
-        raise not_found(response_id)
+    if not await stored.store_of(gw).delete(stored.owner(), stored.RESPONSE, response_id):
+        raise stored.response_not_found(response_id)
     return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def cancel(gw: "Gateway", request: Request) -> Response:
+    """OpenAI cancels background responses only; this gateway runs none (it refuses `background: true`)."""
+    await stored.load_response(stored.store_of(gw), stored.owner(), request.path_params["response_id"])
+    raise HTTPError(400, "Only responses created with background=true can be cancelled; this gateway runs no "
+                         "response in the background (a client that disconnects from a stream stops it).",
+                    code="invalid_request")
 
 
 async def list_input_items(gw: "Gateway", request: Request) -> Response:
     """OpenAI's cursor page: `order` (desc by default), `limit` (20, at most 100), `after`/`before` ids."""
-    response_id = request.path_params["response_id"]
-    stored = store_of(gw).get(owner(), response_id)
-    if stored is None:
-        raise not_found(response_id)
-    order = request.query_value("order") or "desc"
-    if order not in ("asc", "desc"):
-        raise HTTPError(400, "order must be 'asc' or 'desc'.", param="order", code="invalid_value")
-    try:
-        limit = int(request.query_value("limit") or 20)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise HTTPError(400, "limit must be an integer from 1 to 100.", param="limit", code="invalid_value")
-    items = stored.input_items if order == "asc" else stored.input_items[::-1]
-    ids = [item["id"] for item in items]
-    for name, keep_after in (("after", True), ("before", False)):
-        cursor = request.query_value(name)
-        if cursor:
-            if cursor not in ids:
-                raise HTTPError(400, f"{name}: no input item {cursor!r} in this response.", param=name,
-                                code="invalid_value")
-            at = ids.index(cursor)
-            items, ids = (items[at + 1:], ids[at + 1:]) if keep_after else (items[:at], ids[:at])
-    page = items[:limit]
-    return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                          "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+    found = await stored.load_response(stored.store_of(gw), stored.owner(), request.path_params["response_id"])
+    return json_response(stored.page(found["input_items"], request))
 
 
 ROUTES = [
@@ -329,4 +266,5 @@ ROUTES = [
     Route("GET", "/v1/responses/{response_id}", "chat", retrieve, response=ResponseObject),
     ("DELETE", "/v1/responses/{response_id}", "chat", delete),
     ("GET", "/v1/responses/{response_id}/input_items", "chat", list_input_items),
+    ("POST", "/v1/responses/{response_id}/cancel", "chat", cancel),
 ]
