@@ -15,6 +15,8 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, mo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.observability import TracingSettings
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
 
@@ -112,6 +114,8 @@ class ServerSettings(BaseSettings):
     # Responses API (`store: true`): how many responses are kept in memory, and for how long.
     responses_max_stored: int = Field(1000, ge=0, description="0: store nothing")
     responses_ttl_s: float = Field(3600.0, gt=0)
+    # OpenTelemetry: one span per request over OTLP/HTTP (gateway/observability/tracing.py); off by default.
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod
