@@ -17,6 +17,7 @@ skips every call.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -103,6 +104,11 @@ class Timeline:
     finished: float | None = None
 
 
+# The running request's timeline, for the model handle (which does not see the request): set by the
+# gateway for traced requests only, so an untraced request pays one ContextVar.get per phase.
+TIMELINE: contextvars.ContextVar[Timeline | None] = contextvars.ContextVar("nexa_timeline", default=None)
+
+
 class RequestTrace:
     """One request's span: attributes are added as the request goes, the span ends once."""
 
@@ -135,8 +141,12 @@ class RequestTrace:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.span.set_attribute(attribute, value)
 
-    def response_model(self, name: str) -> None:
-        self.span.set_attribute("gen_ai.response.model", name)
+    def route(self, route: str | None) -> None:
+        """The matched route template (`http.route`); a plain path when no route matched."""
+        if route:
+            self.span.set_attribute("http.route", route)
+            if not self.operation:
+                self.span.update_name(f"{self.span.attributes.get('http.request.method', '')} {route}".strip())
 
     def first_token(self) -> None:
         if self.timeline.first_token is None:
@@ -170,8 +180,10 @@ class RequestTrace:
         span = self.span
         if status is not None:
             span.set_attribute("http.response.status_code", status)
+            if status >= 400:  # HTTP semantic conventions: the status code is the error type
+                error = error or str(status)
             if status >= 500:
-                span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status}"))
+                span.set_status(Status(StatusCode.ERROR, error))
         if error:
             span.set_attribute("error.type", error)
         began = getattr(t.job, "began", None)
