@@ -109,6 +109,21 @@ class Timeline:
 TIMELINE: contextvars.ContextVar[Timeline | None] = contextvars.ContextVar("nexa_timeline", default=None)
 
 
+def note_load(began: float | bool) -> None:
+    """The request waited for its model to load from `began` (monotonic) until now (False: it did not)."""
+    timeline = TIMELINE.get()
+    if timeline is not None and began:
+        timeline.load = (float(began), time.monotonic())
+
+
+def note_submitted(job: Any) -> None:
+    """The request's job entered the model's queue; its `began` (set by the replica thread that takes
+    it) ends the queue wait."""
+    timeline = TIMELINE.get()
+    if timeline is not None:
+        timeline.submitted, timeline.job = job.enqueued, job
+
+
 class RequestTrace:
     """One request's span: attributes are added as the request goes, the span ends once."""
 
