@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backends import llama_private as private
-from backends.base import BackendError, Cancelled, LoadError, SamplingParams, TokenLogprob
-from backends.llama import LlamaBackend, llama_kwargs, open_llama, token_logprob
+from backends.base import Cancelled, SamplingParams, TokenLogprob
+from backends.errors import BackendError, LoadError
+from backends.llama import LlamaBackend, token_logprob
+from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from schemas.manifest import ModelSpec
 
-log = logging.getLogger("nexa.batch")
+log = logging.getLogger("nexa.backends.llama_batch")
 
 DEFAULT_CHUNK = 512  # tokens per decode step (generating slots first, then prompt chunks)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -40,7 +42,7 @@ _END = object()
 
 @dataclass
 class BatchStats:
-    """Counters read by /metrics at scrape time (gateway/metrics.py)."""
+    """Counters read by /metrics at scrape time (gateway/observability/metrics.py)."""
 
     running: int = 0
     steps: int = 0
@@ -359,7 +361,8 @@ class BatchedLlamaBackend(LlamaBackend):
         self.engine = engine
 
     @classmethod
-    def load_batched(cls, spec: ModelSpec, path: Path) -> "BatchedLlamaBackend":
+    def load(cls, spec: ModelSpec, path: Path) -> "BatchedLlamaBackend":
+        path = gguf_file(path)
         chunk = int(spec.options.get("n_batch", DEFAULT_CHUNK))
         # the Llama object only tokenizes and holds the model; the engine's context is the batched one
         llm = open_llama(path, llama_kwargs(spec, path, n_ctx=32, n_batch=32, n_ubatch=32))

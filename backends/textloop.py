@@ -14,7 +14,8 @@ from __future__ import annotations
 import codecs
 from typing import Callable, Iterator, Protocol
 
-from backends.base import BackendError, Cancelled, Delta, TokenLogprob, Usage
+from backends.base import Cancelled, Delta, TokenLogprob, Usage
+from backends.errors import BackendError
 from backends.stops import StopScanner
 
 # One sampled token and, when the request asked for logprobs, its TokenLogprob.
