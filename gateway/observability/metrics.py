@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from gateway.observability.model_server import RequestMetrics
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter("nexa_requests_total", "HTTP requests by route, model and status",
@@ -22,6 +24,9 @@ EMBED_BATCH = Histogram("nexa_embedding_batch_requests", "Embedding requests mer
                         ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 EMBED_BATCH_INPUTS = Histogram("nexa_embedding_batch_inputs", "Inputs (texts or token lists) per embedding engine call",
                                ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 2048))
+# The model-server protocol's per-request metrics (vLLM's names, label model_name); its gauges are
+# read from the pool at scrape time (gateway/models/protocol_gauges.py).
+MODEL_SERVER = RequestMetrics(REGISTRY)
 RELOADS = Counter("nexa_manifest_reloads_total", "Manifest reloads by outcome", ["outcome"], registry=REGISTRY)
 
 

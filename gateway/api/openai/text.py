@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from gateway.api.chat import chain, closing, finish_of, open_chat, sampling, start_stream, usage_of
+from gateway.api.chat import chain, closing, finish_of, note_request, open_chat, sampling, start_stream, usage_of
 from gateway.api.common import SSE_HEADERS, parse_body, sse
 from gateway.api.logprobs import chat_logprobs, completion_logprobs
 from gateway.http.core import HTTPError, Request, Response, Route, StreamResponse, json_response
@@ -47,6 +47,7 @@ async def completions(gw: "Gateway", request: Request) -> Response | StreamRespo
     params = sampling(body, handle, default_max=128)
     params.logprobs = body.logprobs
     prompt = body.prompt
+    note_request(request, handle, params, prompt)
     deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
     request.state["stream"] = body.stream
     first, deltas = await start_stream(handle, request, deltas)
