@@ -111,12 +111,16 @@ def test_a_chat_request_exports_one_trace_with_genai_attributes(tmp_path, start_
 
 def test_the_manifest_configures_tracing_and_may_opt_into_content(tmp_path, start_server):
     with Receiver() as receiver:
-        manifest = write_manifest(tmp_path / "nexa.yaml", [MODEL], server={"tracing": {
+        # preload off: the first request waits for the model to load, which its trace shows
+        manifest = write_manifest(tmp_path / "nexa.yaml", [{**MODEL, "preload": False}], server={"tracing": {
             "endpoint": receiver.endpoint, "service_name": "from-manifest", "capture_content": True}})
         server = start_server(["-c", str(manifest)], env=FAST_EXPORT)
         trace_id = secrets.token_hex(16)
         chat(server.url, headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
-        root, _ = one_trace(receiver, trace_id)
+        root, children = one_trace(receiver, trace_id)
+        load = next(c for c in children if c.name == "model load")
+        queued = next(c for c in children if c.name == "queue wait")
+        assert root.start_ns <= load.start_ns < load.end_ns <= queued.start_ns + 1000  # loaded, then queued
         assert root.resource["service.name"] == "from-manifest"
         assert SECRET_WORD in root.attributes["gen_ai.input.messages"]  # opted in: the prompt is there
         assert root.attributes["gen_ai.output.messages"]
