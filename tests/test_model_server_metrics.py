@@ -158,3 +158,25 @@ def test_one_request_engine_reports_its_cells_while_decoding(server, client):
     assert max(kv) > 0  # prompt + generated tokens out of nctx=512 cells
     assert max(kv) <= (results[0]["prompt"] + results[0]["completion"]) / 512 + 1e-9
     assert value(scrape(server.url), "vllm:kv_cache_usage_perc", "solo") == 0.0
+
+
+def test_kv_usage_sums_cells_over_replicas_and_skips_engines_that_cannot_say():
+    """Replicas' contexts add up; an engine without `kv_cells` (ONNX, remote, a worker-process proxy
+    whose attribute lookups would go to its child) is not asked."""
+    from gateway.models.protocol_gauges import kv_usage
+
+    class Cells:
+        def __init__(self, used: int, total: int):
+            self.cells = (used, total)
+
+        def kv_cells(self) -> tuple[int, int]:
+            return self.cells
+
+    class Proxy:
+        def __getattr__(self, name):
+            raise AssertionError(f"asked the child for {name}")
+
+    assert kv_usage([Cells(100, 1024), Cells(412, 1024)]) == 0.25  # two replicas: 512 of 2048 cells
+    assert kv_usage([Cells(0, 512), Proxy()]) == 0.0
+    assert kv_usage([Proxy(), object()]) is None  # nothing to export for this model
+    assert kv_usage([]) is None

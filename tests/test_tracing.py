@@ -140,3 +140,16 @@ def test_no_trace_is_exported_when_tracing_is_off(tmp_path, start_server):
         assert quiet.stop() == 0 and refused.stop() == 0  # a clean shutdown flushes whatever was buffered
         assert receiver.requests == 0 and receiver.spans == []
         assert "tracing on" not in quiet.log() and "tracing on" not in refused.log()
+
+
+def test_tracing_is_on_only_when_configured():
+    from gateway.observability.tracing import wanted
+    from schemas.observability import TracingSettings
+
+    assert not wanted(TracingSettings(), {})
+    assert wanted(TracingSettings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    assert wanted(TracingSettings(), {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
+    assert wanted(TracingSettings(), {"OTEL_SERVICE_NAME": "nexa"})
+    assert wanted(TracingSettings(endpoint="http://collector:4318"), {})
+    assert wanted(TracingSettings(enabled=True), {})
+    assert not wanted(TracingSettings(enabled=False), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
