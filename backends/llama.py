@@ -46,6 +46,7 @@ class LlamaBackend(Backend):
         super().__init__(spec, path)
         self.llm = llm
         self._formatter = None
+        self._generating = False  # a request's tokens hold the context (kv_cells)
 
     @classmethod
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
@@ -226,12 +227,25 @@ class LlamaBackend(Backend):
             presence_penalty=params.presence_penalty,
             grammar=grammar,
         )
+        self._generating = True
         try:
             for token in tokens:
                 top = params.logprobs
                 yield token, (token_logprob(llm, private.last_logits(llm), token, top) if top is not None else None)
         finally:
+            self._generating = False
             tokens.close()
+
+    def kv_cells(self) -> tuple[int, int]:
+        """(cells in use, cells) of the context, read by /metrics from another thread.
+
+        In use: the tokens a running generation holds (`Llama.n_tokens`, prompt plus generated).
+        Between requests the context still holds the last prompt for prefix reuse, but the next
+        request may overwrite it at no cost, so it counts as free (as vLLM counts cached blocks)."""
+        llm = self.llm
+        if llm is None:
+            return 0, 0
+        return (int(llm.n_tokens) if self._generating else 0), int(llm.n_ctx())
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         """The shared token loop (backends/textloop.py) over `sample_tokens`."""

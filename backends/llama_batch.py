@@ -145,6 +145,17 @@ class BatchEngine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def kv_cells(self) -> tuple[int, int]:
+        """(cells in use, cells) over every sequence, read by /metrics while the scheduler runs.
+
+        A slot's `tokens` mirror exactly the KV cells its sequence holds (the scheduler writes both in
+        the same step), so this needs no call into llama.cpp, whose context is not safe to query from
+        another thread mid-decode. In use: the cells of slots serving a request. A free slot's kept
+        prompt (prefix reuse) is evictable at no cost, so it counts as free, as vLLM counts its cached
+        blocks; so does anything a host-memory prompt cache keeps outside the context."""
+        used = sum(len(slot.tokens) for slot in self.slots if slot.request is not None)
+        return used, len(self.slots) * self.n_ctx_seq
+
     def close(self) -> None:
         import llama_cpp
 
@@ -376,6 +387,10 @@ class BatchedLlamaBackend(LlamaBackend):
 
     def batch_stats(self) -> BatchStats:
         return self.engine.stats
+
+    def kv_cells(self) -> tuple[int, int]:
+        engine = self.engine
+        return engine.kv_cells() if engine is not None else (0, 0)
 
     def sample_tokens(self, prompt_tokens: list[int], params: SamplingParams, grammar: Any, budget: int,
                       cancelled: Cancelled) -> Iterator[tuple[int, TokenLogprob | None]]:

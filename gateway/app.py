@@ -22,6 +22,7 @@ from gateway.models import gauges
 from gateway.models.handle import ModelHandle
 from gateway.models.pool import ModelPool
 from gateway.observability import metrics
+from gateway.observability.tracing import TIMELINE, Tracing
 from gateway.state.urls import open_store
 from schemas.manifest import Manifest
 
@@ -72,11 +73,13 @@ class Gateway:
         # Stored responses and conversations (gateway/api/openai/stored.py): connected at startup,
         # and a store that cannot be reached then is tried again by every request that needs it.
         self.state = open_store(manifest.server.state)
+        self.tracing: Tracing | None = None  # OpenTelemetry spans, when server.tracing or OTEL_* asks for them
 
     # -- lifecycle -----------------------------------------------------------
 
     def startup(self, loop: asyncio.AbstractEventLoop) -> None:
         self._state_started = asyncio.run_coroutine_threadsafe(self._start_state(), loop)
+        self.tracing = Tracing.configure(self.manifest.server.tracing)
         self.pool = ModelPool(self.manifest.models, loop, self.manifest.server)
         self._wire_routes()
         self.pool.preload()
@@ -104,6 +107,8 @@ class Gateway:
         if self.pool is not None:
             self.pool.close(timeout=self.manifest.server.shutdown_grace_s)
             log.info("models unloaded", extra={"event": "shutdown"})
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still buffered
 
     def _wire_routes(self) -> None:
         """Wire only the routes some declared model can serve."""
@@ -166,6 +171,11 @@ class Gateway:
         current_model.set("")  # a server may run several requests of one connection in one task
         started = request.state["started"] = time.perf_counter()
         style = routes.ERROR_STYLES.get(request.path)
+        trace = None
+        if self.tracing is not None:  # the request's span; the model handle notes its phases in TIMELINE
+            trace = request.state["trace"] = self.tracing.start(request.headers, request.method, request.path,
+                                                                request_id)
+            TIMELINE.set(trace.timeline)
         try:
             current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)
@@ -181,6 +191,11 @@ class Gateway:
             response.headers["x-nexa-model"] = current_model.get()
         response.headers.update(cors_headers(request, self.manifest.server, allow=response.headers.get("allow")))
         self._observe(request, response, started, request_id)
+        if trace is not None:
+            TIMELINE.set(None)
+            trace.route(request.state.get("route"))
+            if not trace.deferred:  # a model stream's span ends with its last token (gateway/api/chat.py)
+                trace.end(response.status)
         return response
 
     def _observe(self, request: Request, response: Response | StreamResponse, started: float, request_id: str) -> None:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, mo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.observability import TracingSettings
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
 
@@ -120,6 +122,8 @@ class ServerSettings(BaseSettings):
                                                              "long after its last write")
     state_max_bytes: ByteSize = Field(256 * 1024 * 1024, gt=0, description="bytes of stored JSON in all (responses, "
                                                                            "their items, conversations); oldest go first")
+    # OpenTelemetry: one span per request over OTLP/HTTP (gateway/observability/tracing.py); off by default.
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("image_input_dirs", "image_output_dir")
     @classmethod

@@ -27,18 +27,25 @@ import yaml
 from gateway.cli import make_parser
 from gateway.manifest.load import parse_text
 from schemas.manifest import ServerSettings
-from tests import tools
+from tests import crd_schemas, tools
 from tests.conftest import ROOT, write_manifest
 
 pytestmark = pytest.mark.timeout(120)
 
 CHART = ROOT / "deploy" / "helm" / "nexa-gateway"
 KUBERNETES = "1.35"  # the version Helm v4.1's client (and the kubectl beside it) targets
-# Custom resources kubernetes-validate has no schema for; their fields are asserted below.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Custom resources kubernetes-validate has no schema for: the fleet's CRDs validate against the schemas
+# in tests/crd_schemas.py (written from their API references); the ServiceMonitor's fields are asserted below.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), *crd_schemas.SCHEMAS}
 OPTIONS = {"apiKeys": {"keys": ["a-long-key-123", {"key": "limited-key-12", "models": ["smollm2"]}]},
            "cache": {"persistence": {"enabled": True}}, "offline": True,
            "autoscaling": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}
+
+# A fleet: InferencePool for the endpoint picker, KEDA on waiting requests, a shared state store.
+FLEET = {"replicaCount": 3, "inferencePool": {"enabled": True},
+         "autoscaling": {"enabled": True, "keda": {"enabled": True, "serverAddress": "http://prometheus.monitoring:9090",
+                                                    "minReplicas": 2, "maxReplicas": 6, "threshold": 3}},
+         "state": {"existingSecret": "nexa-redis"}}
 
 
 def dockerfile() -> dict:
@@ -152,6 +159,7 @@ def run_helm(*args: str, values: dict | None = None) -> str:
 
 def objects(values: dict | None = None) -> dict[str, dict]:
     """`helm template` of the chart, each object validated against the Kubernetes schemas."""
+    import jsonschema
     import kubernetes_validate
 
     rendered = [doc for doc in yaml.safe_load_all(run_helm("template", "rel", values=values)) if doc]
@@ -160,6 +168,12 @@ def objects(values: dict | None = None) -> dict[str, dict]:
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             assert (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS, f"no schema for {doc['apiVersion']} {doc['kind']}"
+            if (doc["apiVersion"], doc["kind"]) in crd_schemas.SCHEMAS:
+                try:
+                    crd_schemas.validate(doc)
+                except jsonschema.ValidationError as exc:
+                    pytest.fail(f"{doc['kind']} {doc['metadata']['name']} is not a valid {doc['apiVersion']} object: "
+                                f"{exc.message} at {'.'.join(map(str, exc.path))}")
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{doc['kind']} {doc['metadata']['name']} is not a valid Kubernetes object: {exc.message} "
                         f"at {'.'.join(map(str, exc.path))}")
@@ -168,8 +182,8 @@ def objects(values: dict | None = None) -> dict[str, dict]:
     return {doc["kind"]: doc for doc in rendered}
 
 
-@pytest.mark.parametrize("values", [None, OPTIONS, {"existingConfigMap": "from-git", "apiKeys": {"existingSecret": "k"}}],
-                         ids=["defaults", "options", "external"])
+@pytest.mark.parametrize("values", [None, OPTIONS, {"existingConfigMap": "from-git", "apiKeys": {"existingSecret": "k"}},
+                                    FLEET], ids=["defaults", "options", "external", "fleet"])
 def test_chart_passes_helm_lint_strict(values):
     out = run_helm("lint", "--strict", values=values)
     assert "1 chart(s) linted, 0 chart(s) failed" in out, out
@@ -262,6 +276,110 @@ def test_chart_options_render_secret_keys_pvc_hpa_and_service_monitor(monkeypatc
     spec = external["Deployment"]["spec"]["template"]["spec"]
     assert spec["volumes"][0]["configMap"]["name"] == "from-git"
     assert env_of(container(external["Deployment"], "gateway"))["NEXA_API_KEYS"]["secretKeyRef"]["name"] == "keys"
+
+
+def test_default_render_has_no_fleet_objects_and_keeps_its_replicas():
+    """The fleet options are off by default: the default render is the single-pod one it was."""
+    rendered = objects()
+    deployment = rendered["Deployment"]
+    assert deployment["spec"]["replicas"] == yaml.safe_load((CHART / "values.yaml").read_text())["replicaCount"]
+    for c in (container(deployment, "gateway"), container(deployment, "prefetch")):
+        assert "NEXA_STATE" not in env_of(c)
+
+
+def test_fleet_renders_an_inference_pool_of_the_deployments_pods(monkeypatch):
+    rendered = objects(FLEET)
+    assert set(rendered) == {"ConfigMap", "Deployment", "Service", "InferencePool", "ScaledObject"}
+    deployment, pool = rendered["Deployment"], rendered["InferencePool"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = pool["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()  # it selects the Deployment's pods...
+    assert selector == deployment["spec"]["selector"]["matchLabels"]  # ...and only this release's
+    ports = {p["name"]: p["containerPort"] for p in container(deployment, "gateway")["ports"]}
+    assert pool["spec"]["targetPorts"] == [{"number": ports["http"]}]  # the gateway's http port
+    assert pool["spec"]["endpointPickerRef"] == {"name": f"{pool['metadata']['name']}-epp", "kind": "Service",
+                                                 "port": {"number": 9002}, "failureMode": "FailClose"}
+    moved = objects({"port": 9100, "inferencePool": {"enabled": True, "name": "chat",
+                                                     "endpointPicker": {"name": "epp", "port": 9003}}})
+    assert moved["InferencePool"]["metadata"]["name"] == "chat"
+    assert moved["InferencePool"]["spec"]["targetPorts"] == [{"number": 9100}]
+    assert moved["InferencePool"]["spec"]["endpointPickerRef"]["name"] == "epp"
+    assert moved["InferencePool"]["spec"]["endpointPickerRef"]["port"] == {"number": 9003}
+    assert moved["Deployment"]["spec"]["replicas"] == 1  # no autoscaler here: the chart sets the count
+
+
+def test_keda_replaces_the_cpu_hpa_and_owns_the_replica_count():
+    rendered = objects(FLEET)
+    assert "HorizontalPodAutoscaler" not in rendered  # KEDA makes its own HPA for the target
+    deployment, scaled = rendered["Deployment"], rendered["ScaledObject"]["spec"]
+    assert "replicas" not in deployment["spec"]
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": deployment["metadata"]["name"]}
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 6)
+    [trigger] = scaled["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "prometheus" and meta["serverAddress"] == "http://prometheus.monitoring:9090"
+    assert meta["threshold"] == "3" and all(isinstance(v, str) for v in meta.values())
+    # the default query sums the waiting gauge over this release's pods (named <deployment>-<hash>-<id>)
+    query = meta["query"]
+    assert query.startswith("sum(vllm:num_requests_waiting{") and 'namespace="default"' in query
+    pattern = re.search(r'pod=~"([^"]+)"', query).group(1)
+    assert re.fullmatch(pattern, f"{deployment['metadata']['name']}-7d9c8b6f5d-x2x4z")
+    assert not re.fullmatch(pattern, "other-release-nexa-gateway-7d9c8b6f5d-x2x4z")
+    custom = objects({"autoscaling": {"keda": {"enabled": True, "serverAddress": "http://p:9090",
+                                               "query": "sum(rate(x[1m]))", "metadata": {"namespace": "ops"}}}})
+    meta = custom["ScaledObject"]["spec"]["triggers"][0]["metadata"]
+    assert meta["query"] == "sum(rate(x[1m]))" and meta["namespace"] == "ops"
+    assert "replicas" not in custom["Deployment"]["spec"] and "HorizontalPodAutoscaler" not in custom
+    # KEDA off, CPU HPA on: the fallback HPA, still without a Deployment replica count (the options test)
+    assert "HorizontalPodAutoscaler" in objects({"autoscaling": {"enabled": True}})
+
+
+def test_scale_to_zero_needs_its_cold_start_accepted():
+    values = {"autoscaling": {"keda": {"enabled": True, "serverAddress": "http://p:9090", "minReplicas": 0}}}
+    with pytest.raises(AssertionError, match="scaleToZero=true to accept the cold start"):
+        run_helm("template", "rel", values=values)
+    values["autoscaling"]["keda"]["scaleToZero"] = True
+    assert objects(values)["ScaledObject"]["spec"]["minReplicaCount"] == 0
+    with pytest.raises(AssertionError, match="serverAddress"):
+        run_helm("template", "rel", values={"autoscaling": {"keda": {"enabled": True}}})
+
+
+def test_shared_state_url_comes_from_a_secret_in_both_containers():
+    deployment = objects(FLEET)["Deployment"]
+    for c in (container(deployment, "gateway"), container(deployment, "prefetch")):
+        assert env_of(c)["NEXA_STATE"] == {"secretKeyRef": {"name": "nexa-redis", "key": "url"}}
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda d: d["spec"]["targetPorts"][0].update(name="http"), "targetPorts"),  # a Port has only `number`
+    (lambda d: d["spec"]["targetPorts"].extend({"number": 8000 + i} for i in range(1, 9)), "targetPorts"),
+    (lambda d: d["spec"]["endpointPickerRef"].pop("port"), "endpointPickerRef"),  # Service needs a port
+    (lambda d: d["spec"]["endpointPickerRef"].update(failureMode="Open"), "failureMode"),
+    (lambda d: d["spec"].pop("selector"), "selector"),
+], ids=["port-name", "nine-ports", "no-epp-port", "failure-mode", "no-selector"])
+def test_inference_pool_schema_refuses_what_the_api_server_refuses(change, where):
+    import jsonschema
+
+    pool = objects({"inferencePool": {"enabled": True}})["InferencePool"]
+    crd_schemas.validate(pool)
+    change(pool)
+    with pytest.raises(jsonschema.ValidationError) as caught:
+        crd_schemas.validate(pool)
+    assert where in str(caught.value.message) + "".join(map(str, caught.value.path))
+
+
+def test_scaled_object_schema_refuses_numbers_and_inverted_bounds():
+    import jsonschema
+
+    scaled = objects(FLEET)["ScaledObject"]
+    scaled["spec"]["triggers"][0]["metadata"]["threshold"] = 3  # KEDA wants every metadata value a string
+    with pytest.raises(jsonschema.ValidationError):
+        crd_schemas.validate(scaled)
+    scaled = objects(FLEET)["ScaledObject"]
+    scaled["spec"]["minReplicaCount"] = 9
+    with pytest.raises(jsonschema.ValidationError, match="minReplicaCount"):
+        crd_schemas.validate(scaled)
 
 
 # -- systemd ------------------------------------------------------------------------------------------

@@ -66,22 +66,55 @@ async def start_stream(handle: ModelHandle, request: Request,
 
 
 async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """Time to first token, token counts and (for streams) total latency, as metrics."""
+    """Time to first token, token counts and (for streams) total latency, as metrics (nexa_* and the
+    model-server protocol's vllm:*); and, for a traced request, its first token, usage, finish reason
+    and, for a stream, the end of its span when the last token went out."""
     started = request.state.get("started", time.perf_counter())
-    first = True
+    trace = request.state.get("trace")
+    ttft: float | None = None
+    last: Delta | None = None
+    output: list[str] | None = [] if trace is not None and trace.capture_content else None
     try:
         async for delta in deltas:
-            if first:
-                metrics.TTFT.labels(handle.name).observe(time.perf_counter() - started)
-                first = False
+            if ttft is None:
+                ttft = time.perf_counter() - started
+                metrics.TTFT.labels(handle.name).observe(ttft)
+                if trace is not None:
+                    trace.first_token()
+                    trace.deferred = bool(request.state.get("stream"))  # the span ends with the stream
             if delta.usage:
                 metrics.TOKENS.labels(handle.name).inc(delta.usage.completion_tokens)
                 metrics.PROMPT_TOKENS.labels(handle.name).inc(delta.usage.prompt_tokens)
+                last = delta
+            if output is not None:
+                output.append(delta.text)
             yield delta
     finally:
         await deltas.aclose()
+        elapsed = time.perf_counter() - started
         if request.state.get("stream"):
-            metrics.LATENCY.labels(request.state.get("route", request.path)).observe(time.perf_counter() - started)
+            metrics.LATENCY.labels(request.state.get("route", request.path)).observe(elapsed)
+        usage = last.usage if last is not None else None
+        if usage is not None:
+            metrics.MODEL_SERVER.observe(handle.name, ttft=ttft, e2e=elapsed, prompt_tokens=usage.prompt_tokens,
+                                         generation_tokens=usage.completion_tokens, finish_reason=last.finish_reason)
+        if trace is not None:
+            if usage is not None:
+                trace.usage(usage.prompt_tokens, usage.completion_tokens)
+                trace.finish_reasons([finish_of(last)])
+            if output is not None:
+                trace.content(output="".join(output))
+            if trace.deferred:
+                trace.end(200, error=None if usage is not None else "stream_incomplete")
+
+
+def note_request(request: Request, handle: ModelHandle, params: SamplingParams, prompt: Any = None) -> None:
+    """The model and its sampling on the request's trace, and the prompt when the manifest opts in."""
+    trace = request.state.get("trace")
+    if trace is not None:
+        trace.model(handle.name, params)
+        if prompt is not None:
+            trace.content(messages=prompt)
 
 
 async def chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
@@ -150,6 +183,7 @@ async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
     images and usage. Returns the model, the first delta (already pulled, so load
     and prompt errors are HTTP statuses) and the rest of the stream."""
     handle, params, messages, options = await chat_inputs(gw, request, body)
+    note_request(request, handle, params, messages)
     deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, options))
     request.state["stream"] = body.stream
     first, deltas = await start_stream(handle, request, deltas)
@@ -164,6 +198,7 @@ async def open_completion(gw: "Gateway", request: Request, body: CompletionReque
     params = sampling(body, handle, default_max=default_max)
     params.logprobs = body.logprobs
     prompt = body.prompt
+    note_request(request, handle, params, prompt)
     deltas = handle.stream(lambda backend, cancelled: backend.complete(prompt, params, cancelled))
     request.state["stream"] = body.stream
     first, deltas = await start_stream(handle, request, deltas)

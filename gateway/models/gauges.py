@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from gateway.models.protocol_gauges import ModelServerCollector
 from gateway.observability.metrics import REGISTRY
 
 if TYPE_CHECKING:
@@ -70,13 +71,14 @@ def batch_metrics(pool) -> Iterator:
     yield from (running, sizes, prompt, reused, hits, ratio)
 
 
-_pool_collector: PoolCollector | None = None
+_pool_collectors: list = []
 
 
 def observe_pool(pool: "ModelPool") -> None:
-    """Register the serving pool's gauges (one pool per process; a newer one replaces the last)."""
-    global _pool_collector
-    if _pool_collector is not None:
-        REGISTRY.unregister(_pool_collector)
-    _pool_collector = PoolCollector(pool)
-    REGISTRY.register(_pool_collector)
+    """Register the serving pool's gauges, the nexa_* ones and the model-server protocol's
+    (one pool per process; a newer one replaces the last)."""
+    for collector in _pool_collectors:
+        REGISTRY.unregister(collector)
+    _pool_collectors[:] = [PoolCollector(pool), ModelServerCollector(pool)]
+    for collector in _pool_collectors:
+        REGISTRY.register(collector)

@@ -24,9 +24,9 @@ from backends.errors import LoadError
 from gateway.manifest import hub
 from gateway.models import batcher, worker
 from gateway.models.channel import Channel
-from gateway.models.jobs import Job, deliver, fail, pump, settle
+from gateway.models.jobs import Job, deliver, fail, pump, settle, taken
 from gateway.models.state import ModelState, ModelUnavailable, Owner, capabilities_before_load
-from gateway.observability import metrics
+from gateway.observability import metrics, tracing
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.gateway.models.handle")
@@ -283,6 +283,7 @@ class ModelHandle:
                 f"model {self.name!r}: the request waited longer than {self.spec.queue_timeout_s:g}s in the queue",
                 retry_after=self._avg_seconds, code="queue_timeout"))
             return
+        taken([job], self.name)
         with self._count:  # several job threads per replica when `parallel` > 1
             self.running += 1
         try:
@@ -305,6 +306,7 @@ class ModelHandle:
                 live.append(job)
         if not live:
             return
+        taken(live, self.name)
         with self._count:
             self.running += len(live)
         try:
@@ -339,11 +341,14 @@ class ModelHandle:
         started = time.monotonic()
         submitted = False
         try:
+            loading = self.state != ModelState.ready and time.monotonic()
             await self.ready()
+            tracing.note_load(loading)
             if self.retired:
                 return await self.current().call(work, batch)
             future = self.loop.create_future()
-            self._submit(Job(work, started + self.spec.queue_timeout_s, future=future, batch=batch))
+            self._submit(job := Job(work, started + self.spec.queue_timeout_s, future=future, batch=batch))
+            tracing.note_submitted(job)
             submitted = True
             timeout = self.spec.timeout_s
             try:
@@ -392,12 +397,15 @@ class ModelHandle:
         channel = Channel(self.loop, self.pool.stream_buffer)
         submitted = False
         try:
+            loading = self.state != ModelState.ready and time.monotonic()
             await self.ready()
+            tracing.note_load(loading)
             if self.retired:
                 async for item in self.current().stream(work):
                     yield item
                 return
-            self._submit(Job(work, started + self.spec.queue_timeout_s, channel=channel))
+            self._submit(job := Job(work, started + self.spec.queue_timeout_s, channel=channel))
+            tracing.note_submitted(job)
             submitted = True
             deadline = started + self.spec.timeout_s if self.spec.timeout_s else None
             while True:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from backends.base import Backend
 from gateway.models.channel import Channel
+from gateway.observability import metrics
 
 
 @dataclass
@@ -23,7 +24,16 @@ class Job:
     future: asyncio.Future | None = None
     channel: Channel | None = None
     enqueued: float = field(default_factory=time.monotonic)
+    began: float | None = None  # when a replica thread took it: the end of its queue wait (metrics, traces)
     batch: Any = None  # a gateway.models.batcher.Batch: may share one engine call with queued jobs of its key
+
+
+def taken(jobs: list[Job], model: str) -> None:
+    """A replica thread took these jobs: their queue wait ends (vllm:request_queue_time_seconds)."""
+    now = time.monotonic()
+    for job in jobs:
+        job.began = now
+        metrics.MODEL_SERVER.queue.labels(model).observe(now - job.enqueued)
 
 
 _running = threading.local()  # the replica thread's current job: is anybody still waiting for it?

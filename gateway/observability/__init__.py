@@ -1,0 +1,1 @@
+"""Metrics, logs, redaction and traces: what the gateway tells its operators."""

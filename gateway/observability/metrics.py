@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from gateway.observability.model_server import RequestMetrics
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter("nexa_requests_total", "HTTP requests by route, model and status",
@@ -26,6 +28,9 @@ RERANK_BATCH = Histogram("nexa_rerank_batch_requests", "Rerank requests merged i
                          ["model"], registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 SPEECH_SECONDS = Counter("nexa_speech_audio_seconds_total", "Seconds of speech synthesized", ["model"],
                          registry=REGISTRY)
+# The model-server protocol's per-request metrics (vLLM's names, label model_name); its gauges are
+# read from the pool at scrape time (gateway/models/protocol_gauges.py).
+MODEL_SERVER = RequestMetrics(REGISTRY)
 RELOADS = Counter("nexa_manifest_reloads_total", "Manifest reloads by outcome", ["outcome"], registry=REGISTRY)
 
 

@@ -43,7 +43,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
       name: {{ include "nexa.secretName" . }}
       key: {{ .Values.apiKeys.secretKey }}
 {{- end }}
+{{- if .Values.state.existingSecret }}
+- name: NEXA_STATE
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.state.existingSecret }}
+      key: {{ .Values.state.secretKey }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* "true" when an autoscaler owns the Deployment's replica count (the CPU HPA or KEDA's). */}}
+{{- define "nexa.autoscaled" -}}
+{{- if or .Values.autoscaling.enabled .Values.autoscaling.keda.enabled }}true{{ end -}}
+{{- end -}}
+
+{{- define "nexa.inferencePoolName" -}}
+{{- default (include "nexa.fullname" .) .Values.inferencePool.name -}}
 {{- end -}}

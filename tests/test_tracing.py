@@ -1,0 +1,155 @@
+"""OpenTelemetry traces (gateway/observability/tracing.py) from a real gateway to a real OTLP/HTTP
+receiver (tests/otlp.py): one span per request with the GenAI attributes, the caller's trace
+continued, phase child spans, no text or credentials unless the manifest opts in, and nothing at
+all when tracing is off."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import openai
+import pytest
+
+from tests.conftest import wait_for, write_manifest
+from tests.otlp import Receiver
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+MODEL = {"name": "smollm2", "source": "smollm2", "nctx": 512, "n_threads": 1, "preload": True}
+SECRET_WORD = "Zanzibarquokka"  # in the prompt: must never reach the collector unless content capture is on
+API_KEY = "sk-never-in-a-span-123"
+SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
+FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}  # the SDK's standard batch delay, shortened for the test
+
+
+@pytest.fixture(autouse=True)
+def no_otel_environment(monkeypatch):
+    """The servers get exactly the OTEL_* variables a test gives them."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+def chat(url: str, *, stream: bool = False, headers: dict | None = None) -> dict:
+    client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": f"Say hello to {SECRET_WORD}."}]
+    if not stream:
+        done = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=12, temperature=0,
+                                              extra_headers=headers or {})
+        return {"usage": done.usage, "finish": done.choices[0].finish_reason}
+    usage, finish = None, None
+    for chunk in client.chat.completions.create(model="smollm2", messages=messages, max_tokens=12, temperature=0,
+                                                stream=True, stream_options={"include_usage": True},
+                                                extra_headers=headers or {}):
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+        if chunk.usage:
+            usage = chunk.usage
+    return {"usage": usage, "finish": finish}
+
+
+def one_trace(receiver: Receiver, trace_id: str) -> tuple:
+    """The server span of that trace and its children, once the request span has arrived."""
+    wait_for(lambda: any(s.trace_id == trace_id and s.kind == SERVER_KIND for s in receiver.spans), timeout=30)
+    time.sleep(0.3)  # children of the same request come in the same export
+    spans = [s for s in receiver.spans if s.trace_id == trace_id]
+    servers = [s for s in spans if s.kind == SERVER_KIND]
+    assert len(servers) == 1, [s.name for s in spans]
+    root = servers[0]
+    return root, [s for s in spans if s is not root]
+
+
+def test_a_chat_request_exports_one_trace_with_genai_attributes(tmp_path, start_server):
+    with Receiver() as receiver:
+        server = start_server(["-c", str(write_manifest(tmp_path / "nexa.yaml", [MODEL]))],
+                              env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                   "OTEL_SERVICE_NAME": "nexa-under-test", **FAST_EXPORT})
+        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+        answer = chat(server.url, headers={"traceparent": f"00-{trace_id}-{parent_id}-01",
+                                           "x-request-id": "trace-me-1"})
+        root, children = one_trace(receiver, trace_id)
+        assert "tracing on" in server.log()  # the startup line the off-test looks for
+
+        assert root.parent_span_id == parent_id  # the caller's W3C traceparent is continued
+        assert root.name == "chat smollm2" and root.resource["service.name"] == "nexa-under-test"
+        a = root.attributes
+        assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "smollm2"
+        assert a["gen_ai.usage.input_tokens"] == answer["usage"].prompt_tokens
+        assert a["gen_ai.usage.output_tokens"] == answer["usage"].completion_tokens
+        assert a["gen_ai.response.finish_reasons"] == [answer["finish"]]
+        assert a["nexa.request.id"] == "trace-me-1" and a["http.response.status_code"] == 200
+        assert 0 < a["gen_ai.latency.time_to_first_token"] <= a["gen_ai.latency.e2e"]
+        assert a["gen_ai.request.max_tokens"] == 12
+        # phases as child spans, inside the request's span and in order
+        by_name = {s.name: s for s in children}
+        assert {"queue wait", "prefill", "decode"} <= set(by_name), sorted(by_name)
+        for child in children:
+            assert child.parent_span_id == root.span_id
+            assert root.start_ns <= child.start_ns <= child.end_ns <= root.end_ns
+        assert by_name["queue wait"].end_ns <= by_name["prefill"].start_ns + 1000
+        assert by_name["prefill"].end_ns <= by_name["decode"].start_ns + 1000
+        # no prompt or completion text, no credentials, anywhere in what was exported
+        raw = b"".join(receiver.raw)
+        assert SECRET_WORD.encode() not in raw and API_KEY.encode() not in raw
+        assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a
+
+        # a stream: its span ends with the stream, with the usage counted at the end
+        trace_id = secrets.token_hex(16)
+        streamed = chat(server.url, stream=True, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+        root, children = one_trace(receiver, trace_id)
+        assert root.attributes["gen_ai.usage.output_tokens"] == streamed["usage"].completion_tokens
+        assert root.attributes["gen_ai.response.finish_reasons"] == [streamed["finish"]]
+        assert "decode" in {c.name for c in children}
+
+        # without a traceparent: a new trace of its own
+        before = {s.trace_id for s in receiver.spans}
+        chat(server.url)
+        wait_for(lambda: {s.trace_id for s in receiver.spans if s.kind == SERVER_KIND} - before, timeout=30)
+
+
+def test_the_manifest_configures_tracing_and_may_opt_into_content(tmp_path, start_server):
+    with Receiver() as receiver:
+        # preload off: the first request waits for the model to load, which its trace shows
+        manifest = write_manifest(tmp_path / "nexa.yaml", [{**MODEL, "preload": False}], server={"tracing": {
+            "endpoint": receiver.endpoint, "service_name": "from-manifest", "capture_content": True}})
+        server = start_server(["-c", str(manifest)], env=FAST_EXPORT)
+        trace_id = secrets.token_hex(16)
+        chat(server.url, headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+        root, children = one_trace(receiver, trace_id)
+        load = next(c for c in children if c.name == "model load")
+        queued = next(c for c in children if c.name == "queue wait")
+        assert root.start_ns <= load.start_ns < load.end_ns <= queued.start_ns + 1000  # loaded, then queued
+        assert root.resource["service.name"] == "from-manifest"
+        assert SECRET_WORD in root.attributes["gen_ai.input.messages"]  # opted in: the prompt is there
+        assert root.attributes["gen_ai.output.messages"]
+        assert API_KEY.encode() not in b"".join(receiver.raw)  # credentials never
+
+
+def test_no_trace_is_exported_when_tracing_is_off(tmp_path, start_server):
+    with Receiver() as receiver:
+        # off by default: no OTEL_* environment, no server.tracing
+        quiet = start_server(["-c", str(write_manifest(tmp_path / "a.yaml", [MODEL]))], env=FAST_EXPORT)
+        chat(quiet.url)
+        # off by the manifest, even with the environment pointing at a collector
+        manifest = write_manifest(tmp_path / "b.yaml", [MODEL], server={"tracing": {"enabled": False}})
+        refused = start_server(["-c", str(manifest)], env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                                           **FAST_EXPORT})
+        chat(refused.url)
+        assert quiet.stop() == 0 and refused.stop() == 0  # a clean shutdown flushes whatever was buffered
+        assert receiver.requests == 0 and receiver.spans == []
+        assert "tracing on" not in quiet.log() and "tracing on" not in refused.log()
+
+
+def test_tracing_is_on_only_when_configured():
+    from gateway.observability.tracing import wanted
+    from schemas.observability import TracingSettings
+
+    assert not wanted(TracingSettings(), {})
+    assert wanted(TracingSettings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    assert wanted(TracingSettings(), {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
+    assert wanted(TracingSettings(), {"OTEL_SERVICE_NAME": "nexa"})
+    assert wanted(TracingSettings(endpoint="http://collector:4318"), {})
+    assert wanted(TracingSettings(enabled=True), {})
+    assert not wanted(TracingSettings(enabled=False), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
