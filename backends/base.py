@@ -67,6 +67,12 @@ class SamplingParams:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Prompt tokens whose KV came from a cache (a live sequence's prefix or a restored prompt-cache
+    # entry), not evaluated: what clients see as cached tokens.
+    cached_tokens: int = 0
+    # Engine time to the first sampled token (prefill) and from it to the end (decode), for the log line.
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -92,6 +98,9 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[dict] | None = None
     stop_sequence: str | None = None  # which stop sequence ended generation, if one did
+    # Tool calls as they are generated (backends/tool_stream.py CallEvents: a call's start, then its
+    # arguments' fragments); the last Delta's `tool_calls` then hold the same ids and arguments.
+    tool_call_deltas: list[Any] | None = None
 
 
 class Backend:
