@@ -335,6 +335,9 @@ class ModelCard(BaseModel):
     queue_depth: int = 0
     running: int = 0
     load_seconds: float | None = None
+    # GGUF text models: the prompt cache's bound (None: the default, known once loaded) and its use
+    prompt_cache_bytes: int | None = None
+    prompt_cache_used_bytes: int | None = None
 
 
 class ModelList(BaseModel):
