@@ -18,6 +18,7 @@ no engine.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import threading
 import time
 from collections import OrderedDict
@@ -183,7 +184,9 @@ def save_state(ctx: Any, seq: int) -> tuple[Any, int]:
     import llama_cpp
 
     size = llama_cpp.llama_state_seq_get_size(ctx, seq)
-    buffer = (ctypes.c_uint8 * size)()
+    # Its own anonymous mapping, unmapped when the entry is dropped: malloc would keep freed states of
+    # these sizes in its heap, and the process's RSS would not come back down to the bound.
+    buffer = (ctypes.c_uint8 * size).from_buffer(mmap.mmap(-1, max(size, 1)))
     written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq)
     if written != size:
         raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
