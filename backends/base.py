@@ -9,39 +9,14 @@ tokens when a client leaves.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
-from schemas.manifest import ModelFormat, ModelSpec, ModelType
+from backends.errors import BackendError
+from schemas.manifest import ModelSpec
 
 Cancelled = Callable[[], bool]
-
-
-class BackendError(Exception):
-    """An engine failure that is the caller's fault (bad input), not a crash.
-    `param` names the request field at fault, for the error envelope."""
-
-    def __init__(self, message: str = "", *, param: str | None = None):
-        super().__init__(message)
-        self.param = param
-
-
-class LoadError(Exception):
-    """A model could not be loaded: wrong file, wrong format, missing engine."""
-
-
-class UpstreamError(Exception):
-    """A remote engine (an upstream API) is unreachable or failed: not the caller's fault.
-    The gateway answers `status` (502, or 503/504) in the OpenAI envelope, with Retry-After if given."""
-
-    def __init__(self, message: str, *, status: int = 502, retry_after: float | None = None,
-                 code: str = "upstream_unavailable"):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-        self.code = code
 
 
 @dataclass
@@ -61,6 +36,17 @@ class SamplingParams:
     # Budget of the grammar-constrained part (a tool call, a JSON answer) when the request set no
     # max_tokens: constrained decoding is slow, and a model can loop inside a JSON string until the context ends.
     grammar_max_tokens: int | None = None
+
+
+@dataclass
+class ChatOptions:
+    """What a chat request asks beyond sampling: the tools it offers and the form of the answer.
+    Each protocol builds one (gateway/api/chat.py) and every chat engine takes the same type."""
+
+    tools: list[dict] | None = None
+    tool_choice: Any = None  # "auto" | "none" | "required" | {"type": "function", "function": {"name"}}
+    parallel_tool_calls: bool = True  # OpenAI's default: one turn may call several functions
+    response_format: dict | None = None  # {"type": "json_object"} or {"type": "json_schema", ...}
 
 
 @dataclass
@@ -107,7 +93,7 @@ class Backend:
     """Base class. Subclasses set `capabilities` and implement the matching methods."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
-    # True: the gateway runs this engine in a worker process (gateway.worker), because it cannot
+    # True: the gateway runs this engine in a worker process (gateway.models.worker), because it cannot
     # be stopped in-process; a timeout or a client that leaves kills and restarts the worker.
     in_child_process: ClassVar[bool] = False
 
@@ -136,52 +122,10 @@ class Backend:
     def complete(self, prompt: str, params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         raise NotImplementedError
 
-    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, **extra: Any) -> Iterator[Delta]:
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled,
+             options: ChatOptions | None = None) -> Iterator[Delta]:
         raise NotImplementedError
 
-    def count_chat(self, messages: list[dict], **extra: Any) -> int:
-        """The prompt tokens `chat(messages, ..., **extra)` would use (for token-counting routes)."""
+    def count_chat(self, messages: list[dict], options: ChatOptions | None = None) -> int:
+        """The prompt tokens `chat(messages, ..., options)` would use (for token-counting routes)."""
         raise BackendError(f"model {self.spec.name!r} cannot count prompt tokens")
-
-
-# (type, format) -> "module:Class". Imported lazily so a missing optional engine
-# only fails the models that need it, with a clear message.
-REGISTRY: dict[tuple[ModelType, ModelFormat], str] = {
-    (ModelType.NLP, ModelFormat.gguf): "backends.llama:LlamaBackend",
-    (ModelType.NLP, ModelFormat.onnx): "backends.onnx_text:OnnxTextBackend",
-    (ModelType.MULTIMODAL, ModelFormat.gguf): "backends.vision:VisionBackend",
-    (ModelType.AUDIO, ModelFormat.bin): "backends.whisper:WhisperBackend",
-    (ModelType.TEXT_EMBEDDING, ModelFormat.onnx): "backends.fastembed:FastembedBackend",
-    (ModelType.TEXT_EMBEDDING, ModelFormat.gguf): "backends.llama_embed:LlamaEmbedBackend",
-    (ModelType.COMPUTER_VISION, ModelFormat.gguf): "backends.diffusion:DiffusionBackend",
-    (ModelType.COMPUTER_VISION, ModelFormat.bin): "backends.diffusion:DiffusionBackend",  # .safetensors/.ckpt
-    (ModelType.NLP, ModelFormat.remote): "backends.remote:RemoteTextBackend",
-    (ModelType.TEXT_EMBEDDING, ModelFormat.remote): "backends.remote:RemoteEmbedBackend",
-}
-
-
-def backend_for(spec: ModelSpec) -> type[Backend]:
-    """The manifest's own `backend: module:Class` if given, else the registry's choice."""
-    if spec.backend:
-        return _import(spec.backend, f"backend {spec.backend}")
-    return backend_class(spec.type, spec.format)
-
-
-def backend_class(model_type: ModelType, model_format: ModelFormat) -> type[Backend]:
-    try:
-        target = REGISTRY[(model_type, model_format)]
-    except KeyError:
-        raise LoadError(f"no backend serves type {model_type.value} in format {model_format.value}") from None
-    return _import(target, f"the engine for {model_type.value}/{model_format.value}")
-
-
-def _import(target: str, what: str) -> type[Backend]:
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LoadError(f"{what} is not installed: {exc}") from exc
-    try:
-        return getattr(module, class_name)
-    except AttributeError:
-        raise LoadError(f"{what}: {module_name} has no {class_name}") from None

@@ -9,7 +9,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 @dataclass
 class BatchStats:
-    """Counters read by /metrics at scrape time (gateway/metrics.py)."""
+    """Counters read by /metrics at scrape time (gateway/observability/metrics.py)."""
 
     running: int = 0
     steps: int = 0

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
-from backends.base import BackendError
+from backends.errors import BackendError
 
 # Used when a model brings no chat template (e.g. base models such as Gemma 3 270M).
 CHATML_TEMPLATE = (

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from backends.base import Backend, BackendError, LoadError
+from backends.base import Backend
+from backends.errors import BackendError, LoadError
 from schemas.manifest import ModelSpec
 
-log = logging.getLogger("nexa.diffusion")
-engine_log = logging.getLogger("nexa.diffusion.engine")
+log = logging.getLogger("nexa.backends.diffusion")
+engine_log = logging.getLogger("nexa.backends.diffusion.engine")
 
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # spec.options passed to StableDiffusion() at load time.

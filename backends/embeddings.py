@@ -5,7 +5,7 @@ The contract: `embed(inputs, normalize, truncate) -> EmbedResult`, where
 mix: the HTTP layer has already told them apart). The whole list is one
 engine call, so a request of 64 sentences costs one forward pass, not 64;
 `embed_many` runs several requests in one call (the gateway's micro-batches,
-gateway/batcher.py) with each request's answer what it would be alone.
+gateway/models/batcher.py) with each request's answer what it would be alone.
 Texts are tokenized once: the ids that are counted are the ids that run.
 
 Token counts are the engine tokenizer's own, special tokens included, after
@@ -26,7 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Backend, BackendError
+from backends.base import Backend
+from backends.errors import BackendError
 
 
 @dataclass

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import BackendError, LoadError
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
+from backends.errors import BackendError, LoadError
 from schemas.manifest import Device, ModelSpec
 
 log = logging.getLogger("nexa.backends.fastembed")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from backends.base import BackendError, Delta, UpstreamError
+from backends.base import Delta
+from backends.errors import BackendError, UpstreamError
 
 _HEX = "[0-9a-fA-F]"
 # One character inside a JSON string: anything printable but `"` and `\`, or a valid escape.

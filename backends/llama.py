@@ -19,14 +19,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from backends import json_grammar, llama_cache, llama_private as private
-from backends import textloop
+from backends import json_grammar, llama_cache, textloop
+from backends import llama_private as private
 from backends import tools as tools_mod
-from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, TokenLogprob, Usage
+from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams, TokenLogprob, Usage
 from backends.chat_template import CHATML_TEMPLATE, rendering
+from backends.errors import BackendError, LoadError
+from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from backends.tool_stream import CallStream
-# their old home: other modules and helpers import them from here
-from backends.llama_load import LOAD_LOCK, gguf_file, gpu_layers, llama_kwargs, open_llama  # noqa: F401
 from schemas.manifest import ModelSpec
 
 
@@ -55,10 +55,6 @@ class LlamaBackend(Backend):
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
         if importlib.util.find_spec("llama_cpp") is None:
             raise LoadError("llama-cpp-python is not installed")
-        if spec.parallel > 1:  # one model, one context of `parallel` sequences: backends/llama_batch.py
-            from backends.llama_batch import BatchedLlamaBackend
-
-            return BatchedLlamaBackend.load_batched(spec, gguf_file(path))
         path = gguf_file(path)
         backend = cls(spec, path, open_llama(path, llama_kwargs(spec, path)))
         backend.attach_cache()
@@ -125,27 +121,26 @@ class LlamaBackend(Backend):
             raise BackendError(f"prompt token ids must be integers in [0, {vocab}) for this model", param="prompt")
         return self.generate(tokens, params, cancelled)
 
-    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
-             tool_choice: Any = None, response_format: dict | None = None, parallel_tool_calls: bool = True,
-             **template_vars: Any) -> Iterator[Delta]:
-        """`parallel_tool_calls` (OpenAI's default: true) lets one turn call several functions."""
-        mode, functions, prompt = self._chat_prompt(messages, tools, tool_choice, **template_vars)
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled,
+             options: ChatOptions | None = None) -> Iterator[Delta]:
+        options = options or ChatOptions()
+        tool_choice = options.tool_choice
+        mode, functions, prompt = self._chat_prompt(messages, options.tools, tool_choice)
         if mode == "none":
-            grammar = _response_grammar(response_format)
+            grammar = _response_grammar(options.response_format)
             if grammar:
                 return json_grammar.checked_json(self.generate(prompt, replace(params, grammar=grammar), cancelled))
             return self.generate(prompt, params, cancelled)
         grammar = _json_grammar(tools_mod.call_schema(functions))
-        if tools_mod.allows_parallel(tool_choice, parallel_tool_calls):
+        if tools_mod.allows_parallel(tool_choice, options.parallel_tool_calls):
             grammar = tools_mod.calls_grammar(grammar)
         if mode == "required":
             return self._tool_call(prompt, grammar, params, cancelled, spent=0)
         return self._auto(prompt, grammar, params, cancelled)
 
-    def count_chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
-                   response_format: dict | None = None, **template_vars: Any) -> int:
-        template_vars.pop("parallel_tool_calls", None)
-        return len(self._chat_prompt(messages, tools, tool_choice, **template_vars)[2])
+    def count_chat(self, messages: list[dict], options: ChatOptions | None = None) -> int:
+        options = options or ChatOptions()
+        return len(self._chat_prompt(messages, options.tools, options.tool_choice)[2])
 
     def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
                      **template_vars: Any) -> tuple[str, list[dict], list[int]]:

@@ -27,15 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from backends import llama_cache, llama_private as private
-from backends.base import BackendError, Cancelled, LoadError, SamplingParams, TokenLogprob
-from backends.llama import LlamaBackend, llama_kwargs, open_llama, token_logprob
+from backends import llama_cache
+from backends import llama_private as private
+from backends.base import Cancelled, SamplingParams, TokenLogprob
 from backends.batch_stats import BATCH_BUCKETS, BatchStats  # noqa: F401 (their old home)
+from backends.errors import BackendError, LoadError
+from backends.llama import LlamaBackend, token_logprob
+from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from backends.prompt_cache import PromptCache, common_prefix
 from backends.textloop import Prefill
 from schemas.manifest import ModelSpec
 
-log = logging.getLogger("nexa.batch")
+log = logging.getLogger("nexa.backends.llama_batch")
 
 DEFAULT_CHUNK = 512  # tokens per decode step (generating slots first, then prompt chunks)
 MIN_SHARED = 32  # prompt tokens worth waiting for another slot's prefill to copy (see _worth_waiting)
@@ -344,7 +347,8 @@ class BatchedLlamaBackend(LlamaBackend):
         self.engine = engine
 
     @classmethod
-    def load_batched(cls, spec: ModelSpec, path: Path) -> "BatchedLlamaBackend":
+    def load(cls, spec: ModelSpec, path: Path) -> "BatchedLlamaBackend":
+        path = gguf_file(path)
         chunk = int(spec.options.get("n_batch", DEFAULT_CHUNK))
         # the Llama object only tokenizes and holds the model; the engine's context is the batched one
         llm = open_llama(path, llama_kwargs(spec, path, n_ctx=32, n_batch=32, n_ubatch=32))

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from backends import llama_private as private
-from backends.base import LoadError
-from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from backends.embeddings import EmbeddingBackend, read_options, special_frame
+from backends.errors import LoadError
+from backends.llama_load import gguf_file, llama_kwargs, open_llama
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.backends.llama_embed")

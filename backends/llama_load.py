@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from backends.base import LoadError
+from backends.errors import LoadError
 from schemas.manifest import Device, ModelSpec
 
 # `options:` the gateway reads itself (backends/options.py), never passed to `llama_cpp.Llama`.

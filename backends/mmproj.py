@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import LoadError
+from backends.errors import LoadError
 
 # Tensors a projector type cannot do without (checked against llama.cpp's clip loader and,
 # for "mlp", by removing each tensor in turn: every one listed here crashed the process).

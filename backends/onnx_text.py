@@ -29,12 +29,13 @@ import numpy as np
 
 from backends import textloop
 from backends import tools as tools_mod
-from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams
+from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams
 from backends.chat_template import CHATML_TEMPLATE, environment, rendering
+from backends.errors import BackendError, LoadError
 from backends.sampling import IncrementalDecoder, sample
 from schemas.manifest import Device, ModelSpec
 
-log = logging.getLogger("nexa.onnx_text")
+log = logging.getLogger("nexa.backends.onnx_text")
 
 # Looked for in this order when the source is a folder and `file:` names none.
 MODEL_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx", "onnx/model.onnx",
@@ -222,20 +223,17 @@ class OnnxTextBackend(Backend):
             raise BackendError(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
         return self.generate(tokens, params, cancelled)
 
-    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *,
-             tools: list[dict] | None = None, tool_choice: Any = None, response_format: dict | None = None,
-             **template_vars: Any) -> Iterator[Delta]:
-        tokens = self._chat_prompt(messages, tools, tool_choice, response_format, **template_vars)
-        return self.generate(tokens, params, cancelled)
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled,
+             options: ChatOptions | None = None) -> Iterator[Delta]:
+        return self.generate(self._chat_prompt(messages, options or ChatOptions()), params, cancelled)
 
-    def count_chat(self, messages: list[dict], *, tools: list[dict] | None = None, tool_choice: Any = None,
-                   response_format: dict | None = None, **template_vars: Any) -> int:
-        return len(self._chat_prompt(messages, tools, tool_choice, response_format, **template_vars))
+    def count_chat(self, messages: list[dict], options: ChatOptions | None = None) -> int:
+        return len(self._chat_prompt(messages, options or ChatOptions()))
 
-    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None, tool_choice: Any,
-                     response_format: dict | None, **template_vars: Any) -> list[int]:
+    def _chat_prompt(self, messages: list[dict], options: ChatOptions) -> list[int]:
         """The prompt tokens of a chat request (shared by `chat` and `count_chat`); what ONNX cannot do is a 400."""
-        mode, _ = tools_mod.choose(tools, tool_choice)
+        tools, response_format = options.tools, options.response_format
+        mode, _ = tools_mod.choose(tools, options.tool_choice)
         if mode != "none":
             raise BackendError(f"model {self.spec.name!r} (ONNX) does not support tool calling; "
                                "serve a GGUF model for tools, or send tool_choice \"none\"")
@@ -243,7 +241,7 @@ class OnnxTextBackend(Backend):
             messages = tools_mod.without_tools(messages)
         if response_format and response_format.get("type") not in (None, "text"):
             raise BackendError(f"model {self.spec.name!r} (ONNX) supports only response_format type \"text\"")
-        return self.tokenize(self.render_chat(messages, **template_vars), special=False)  # the template wrote BOS
+        return self.tokenize(self.render_chat(messages), special=False)  # the template wrote BOS
 
     # -- generation ----------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 A manifest's `options:` used to reach the engines as a free dict, so a typo
 (`n_batchh`) surfaced only as a load failure, or never. These models give every
-backend its option names, types, ranges and docs; `gateway.config` validates a
+backend its option names, types, ranges and docs; `gateway.manifest.load` validates a
 manifest's options against them (`nexa check`, reload, `nexa schema`), with the
 key path and a "did you mean" for unknown names. The backends still receive the
 plain dict: this module is the contract, not a second way to read options.
@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
-
 
 PositiveInt = Field(default=None, gt=0)
 
@@ -190,17 +189,3 @@ class DiffusionOptions(EngineOptions):
     default_steps: Optional[int] = Field(None, ge=1, le=50, description="steps when a request does not say (20)")
     default_cfg_scale: Optional[float] = Field(None, gt=0, description="cfg scale when a request does not say (7)")
 
-
-# backend ("module:Class", as in backends.base.REGISTRY) -> (engine name for messages, options model).
-# A backend that is not listed (a custom `backend:`, a test double) owns its options.
-OPTIONS: dict[str, tuple[str, type[EngineOptions]]] = {
-    "backends.llama:LlamaBackend": ("llama.cpp", LlamaOptions),
-    "backends.vision:VisionBackend": ("llama.cpp vision", VisionOptions),
-    "backends.llama_embed:LlamaEmbedBackend": ("llama.cpp embeddings", LlamaEmbedOptions),
-    "backends.fastembed:FastembedBackend": ("fastembed", FastembedOptions),
-    "backends.onnx_text:OnnxTextBackend": ("onnxruntime text", OnnxTextOptions),
-    "backends.whisper:WhisperBackend": ("faster-whisper", WhisperOptions),
-    "backends.diffusion:DiffusionBackend": ("stable-diffusion.cpp", DiffusionOptions),
-    "backends.remote:RemoteTextBackend": ("a remote upstream", RemoteOptions),
-    "backends.remote:RemoteEmbedBackend": ("a remote upstream", RemoteOptions),
-}

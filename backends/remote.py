@@ -28,11 +28,12 @@ from typing import Any, Iterator
 import httpx
 import numpy as np
 
-from backends.base import Backend, BackendError, Cancelled, Delta, LoadError, SamplingParams, UpstreamError, Usage
+from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams, Usage
 from backends.embeddings import EmbedResult, l2_normalize
+from backends.errors import BackendError, LoadError, UpstreamError
 from schemas.manifest import ModelSpec
 
-log = logging.getLogger("nexa.remote")
+log = logging.getLogger("nexa.backends.remote")
 
 OPTIONS = {"timeout_s", "connect_timeout_s", "headers", "normalize"}
 _DEFAULTS = SamplingParams()
@@ -155,18 +156,18 @@ class RemoteTextBackend(RemoteBackend):
         body = {"model": self.model, "prompt": prompt, **_sampling(params), **_STREAM}
         return self._generate("completions", body, cancelled)
 
-    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, *, tools: list[dict] | None = None,
-             tool_choice: Any = None, response_format: dict | None = None, parallel_tool_calls: bool = True,
-             **_: Any) -> Iterator[Delta]:
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled,
+             options: ChatOptions | None = None) -> Iterator[Delta]:
+        options = options or ChatOptions()
         body: dict[str, Any] = {"model": self.model, "messages": messages, **_sampling(params), **_STREAM}
-        if tools:
-            body["tools"] = tools
-            if not parallel_tool_calls:
+        if options.tools:
+            body["tools"] = options.tools
+            if not options.parallel_tool_calls:
                 body["parallel_tool_calls"] = False
-            if tool_choice is not None:
-                body["tool_choice"] = tool_choice
-        if response_format:
-            body["response_format"] = response_format
+            if options.tool_choice is not None:
+                body["tool_choice"] = options.tool_choice
+        if options.response_format:
+            body["response_format"] = options.response_format
         return self._generate("chat/completions", body, cancelled)
 
     def _generate(self, path: str, body: dict[str, Any], cancelled: Cancelled) -> Iterator[Delta]:

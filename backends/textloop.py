@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from backends.base import BackendError, Cancelled, Delta, TokenLogprob, Usage
+from backends.base import Cancelled, Delta, TokenLogprob, Usage
+from backends.errors import BackendError
 from backends.stops import StopScanner
 
 # One sampled token and, when the request asked for logprobs, its TokenLogprob.

@@ -14,7 +14,7 @@ import re
 import uuid
 from typing import Any
 
-from backends.base import BackendError
+from backends.errors import BackendError
 from backends.json_grammar import ConstrainedOutputError
 
 MARKER = "<tool_call>"
@@ -131,16 +131,6 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def parse_call(text: str) -> dict[str, Any]:
-    """Turn generated call JSON (a finished generation under the call grammar) into an OpenAI tool call.
-    The grammar admits only valid calls, so a call that does not parse is the gateway's failure."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConstrainedOutputError(f"the model's grammar-constrained tool call is not valid JSON: {exc}") from None
-    return _openai_call(data)
 
 
 def allows_parallel(tool_choice: Any, parallel_tool_calls: bool) -> bool:

@@ -33,13 +33,14 @@ from typing import Any, Iterator
 
 from backends import llama_private as private
 from backends import mmproj as projector
-from backends.base import BackendError, Cancelled, Delta, LoadError, SamplingParams
-from backends.media import MediaError, as_data_url, content_parts, decode_image, image_part, native_bytes
+from backends.base import Cancelled, ChatOptions, Delta, SamplingParams
 from backends.chat_template import CHATML_TEMPLATE, template_error
+from backends.errors import BackendError, LoadError
 from backends.llama import LlamaBackend
+from backends.media import MediaError, as_data_url, content_parts, decode_image, image_part, native_bytes
 from schemas.manifest import Device, ModelSpec
 
-log = logging.getLogger("nexa.vision")
+log = logging.getLogger("nexa.backends.vision")
 
 # Manifest `handler:` -> llama_cpp.llama_chat_format class. "mtmd" renders the model's own chat
 # template (right for any model whose GGUF carries one: Gemma 3, Qwen2.5-VL, SmolVLM, ...);
@@ -308,14 +309,15 @@ class VisionBackend(LlamaBackend):
 
     # -- generation ------------------------------------------------------------------------
 
-    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled, **options: Any) -> Iterator[Delta]:
+    def chat(self, messages: list[dict], params: SamplingParams, cancelled: Cancelled,
+             options: ChatOptions | None = None) -> Iterator[Delta]:
         # LlamaBackend.chat does tools, tool_choice and response_format on top of `_chat_tokens`,
         # which here is the handler's prefill: all of that works with images too.
-        return super().chat(prepare_messages(messages), params, cancelled, **options)
+        return super().chat(prepare_messages(messages), params, cancelled, options)
 
-    def count_chat(self, messages: list[dict], **options: Any) -> int:
+    def count_chat(self, messages: list[dict], options: ChatOptions | None = None) -> int:
         # Image positions count, as in `prompt_tokens`: the handler evaluates the images to know them.
-        return super().count_chat(prepare_messages(messages), **options)
+        return super().count_chat(prepare_messages(messages), options)
 
     def _chat_tokens(self, messages: list[dict], **template_vars: Any) -> list[int]:
         return self.prefill(messages, template_vars)

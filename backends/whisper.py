@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend, BackendError, Cancelled, LoadError
+from backends.base import Backend, Cancelled
+from backends.errors import BackendError, LoadError
 from schemas.manifest import Device, ModelSpec
 
-log = logging.getLogger("nexa.whisper")
+log = logging.getLogger("nexa.backends.whisper")
 
 SAMPLE_RATE = 16000
 

@@ -160,7 +160,7 @@ def main() -> None:
                                                   "(fastapi, uvicorn, sse-starlette, starlette-context)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     path = hub.fetch(ModelSpec(name="smollm2", source="smollm2"))

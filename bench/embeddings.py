@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=128, help="requests per concurrent measurement")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.clients.split(",") if c.strip()]
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     folder = hub.fetch(ModelSpec(name="all-minilm-l6-v2", source="all-minilm-l6-v2"))

@@ -1,8 +1,9 @@
-"""What running stable-diffusion.cpp in a worker process costs (gateway.worker).
+"""What running stable-diffusion.cpp in a worker process costs (gateway.models.worker).
 
-    .venv/bin/python bench/image_worker.py [--rounds 5]
+    .venv/bin/python -m tests.synth.sd_checkpoint /tmp/sdxs.gguf   # once: write the synthetic checkpoint
+    .venv/bin/python bench/image_worker.py /tmp/sdxs.gguf [--rounds 5]
 
-On the synthetic SDXS checkpoint (tests/synth/sd_checkpoint.py), the same generation in-process
+On a checkpoint such as the synthetic SDXS one (tests/synth/sd_checkpoint.py), the same generation in-process
 (DiffusionBackend) and through the worker (ChildBackend: pickling the parameters and the images
 over a socket pair), sides alternated, medians; on a busy machine the engine's own noise swamps
 the difference, so the worker's own costs are also timed alone: an empty call's round trip and
@@ -24,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from bench.common import alternate, machine, median, table  # noqa: E402
 from backends.diffusion import DiffusionBackend, ImageParams  # noqa: E402
-from gateway import worker  # noqa: E402
+from bench.common import alternate, machine, median, table  # noqa: E402
+from gateway.models import worker  # noqa: E402
 from schemas.manifest import ModelSpec  # noqa: E402
-from tests.synth.sd_checkpoint import sdxs_checkpoint  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -40,9 +40,11 @@ def rss_mb(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a stable-diffusion.cpp GGUF checkpoint "
+                                                       "(python -m tests.synth.sd_checkpoint PATH writes a small one)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    path = sdxs_checkpoint()
+    path = args.checkpoint
     spec = ModelSpec(name="sdxs", type="COMPUTER_VISION", format="gguf", source=str(path), n_threads=2)
 
     before = rss_mb(os.getpid())

@@ -31,8 +31,18 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (Process, alternate, free_port, machine, median, nexa, p95, stream_completion,  # noqa: E402
-                          table, write_manifest)
+from bench.common import (  # noqa: E402
+    Process,
+    alternate,
+    free_port,
+    machine,
+    median,
+    nexa,
+    p95,
+    stream_completion,
+    table,
+    write_manifest,
+)
 
 PROMPTS = [
     "1, 2, 3, 4, 5,",
@@ -168,7 +178,7 @@ def main() -> None:
         import llama_cpp.server.app  # noqa: F401
     except ImportError as exc:
         sys.exit(f"llama_cpp.server is not importable ({exc}): run `bash bench/setup.sh` and use bench/.venv/bin/python")
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     path = hub.fetch(ModelSpec(name="smollm2", source="smollm2"))

@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--ttft-runs", type=int, default=10, help="streamed completions per server")
     parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args()
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     path = hub.fetch(ModelSpec(name="smollm2", source="smollm2"))

@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     from faster_whisper import WhisperModel
 
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     folder = hub.fetch(ModelSpec(name="whisper-tiny-en", source="whisper-tiny-en"))

@@ -133,7 +133,7 @@ def main() -> None:
         server.stop()
     print(table(HEADERS, rows))
 
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     path = hub.fetch(ModelSpec(name="smollm2", source="smollm2"))

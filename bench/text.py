@@ -29,8 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (alternate, free_port, machine, median, nexa, stream_completion, table,  # noqa: E402
-                          write_manifest)
+from bench.common import alternate, free_port, machine, median, nexa, stream_completion, table, write_manifest  # noqa: E402
 
 PROMPTS = [
     "1, 2, 3, 4, 5,",
@@ -74,10 +73,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="n_threads and n_threads_batch on both sides")
     args = parser.parse_args()
-    from gateway import hub
-    from schemas.manifest import ModelSpec
-
     import llama_cpp
+
+    from gateway.manifest import hub
+    from schemas.manifest import ModelSpec
 
     path = hub.fetch(ModelSpec(name="smollm2", source="smollm2"))
     gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0  # what the gateway's device: auto picks

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, median, table  # noqa: E402
-from gateway import catalog, hub, integrity  # noqa: E402
+from gateway.manifest import catalog, hub, integrity  # noqa: E402
 
 
 def drop_cache(path: Path) -> None:

@@ -5,24 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 import re
 import time
 import uuid
 
 from pydantic import ValidationError
 
-from backends.base import BackendError, UpstreamError
-from gateway import metrics, routes
-from gateway.config import manifest_hash
-from gateway.http import HTTPError, Request, Response, Router, StreamResponse
-from gateway.plan import Plan
-from gateway.pool import ModelHandle, ModelPool, ModelUnavailable
-from gateway.responses_store import ResponseStore
-from gateway.security import Authenticator, check_model, cors_headers, current_key, load_keys
+from backends.errors import NexaError
+from gateway.api import table as routes
+from gateway.api.openai.responses_store import ResponseStore
+from gateway.http.core import HTTPError, Request, Response, Router, StreamResponse
+from gateway.http.errors import error_response
+from gateway.http.security import Authenticator, check_model, cors_headers, current_key, load_keys
+from gateway.manifest.load import manifest_hash
+from gateway.manifest.plan import Plan
+from gateway.models import gauges
+from gateway.models.handle import ModelHandle
+from gateway.models.pool import ModelPool
+from gateway.observability import metrics
 from schemas.manifest import Manifest
 
-log = logging.getLogger("nexa.gateway")
+log = logging.getLogger("nexa.gateway.app")
 
 # The model a request picked, for its log line and metrics labels.
 current_model: contextvars.ContextVar[str] = contextvars.ContextVar("nexa_model", default="")
@@ -59,11 +62,12 @@ class Gateway:
         self.started = int(time.time())
         self.pool: ModelPool | None = None
         self.router = Router()
+        self.table = routes.TABLE
         self.auth = Authenticator(load_keys(manifest.server))
         self.reloader = None
         self._reloader_options = reloader_options
         self._unserved: dict[str, str] = {}
-        self.responses_store = ResponseStore()  # the Responses API's `store: true` (gateway/routes/responses.py)
+        self.responses_store = ResponseStore()  # the Responses API's `store: true` (gateway/api/openai/responses.py)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -71,9 +75,9 @@ class Gateway:
         self.pool = ModelPool(self.manifest.models, loop, self.manifest.server)
         self._wire_routes()
         self.pool.preload()
-        metrics.observe_pool(self.pool)
+        gauges.observe_pool(self.pool)
         if self._reloader_options is not None:
-            from gateway.reload import Reloader
+            from gateway.manifest.reload import Reloader
 
             self.reloader = Reloader(self, **self._reloader_options)
             self.reloader.start(loop)
@@ -151,25 +155,11 @@ class Gateway:
         try:
             current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)
-        except HTTPError as exc:
-            response = exc.response(style)
-        except ModelUnavailable as exc:
-            response = HTTPError(exc.status, str(exc), code=exc.code,
-                                 headers={"retry-after": str(exc.retry_after)}).response(style)
-        except BackendError as exc:
-            response = HTTPError(400, str(exc), code="invalid_request", param=getattr(exc, "param", None)).response(style)
-        except UpstreamError as exc:
-            headers = {"retry-after": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after else None
-            response = HTTPError(exc.status, str(exc), code=exc.code,
-                                 type="rate_limit_error" if exc.status == 429 else "server_error",
-                                 headers=headers).response(style)
-        except ValidationError as exc:
-            response = HTTPError(400, str(exc.errors()[0]["msg"]), code="invalid_value").response(style)
-        except Exception:  # noqa: BLE001 - logged with its traceback, answered without it
-            log.exception("unhandled error on %s %s", request.method, request.path,
-                          extra={"event": "error", "request_id": request_id})
-            response = HTTPError(500, "Internal server error; see the gateway log for request " + request_id,
-                                 code="internal_error").response(style)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in the route's wire style
+            if not isinstance(exc, (NexaError, ValidationError)):  # a bug: logged with its traceback, answered without
+                log.exception("unhandled error on %s %s", request.method, request.path,
+                              extra={"event": "error", "request_id": request_id})
+            response = error_response(exc, style, "Internal server error; see the gateway log for request " + request_id)
         if request.method == "HEAD" and isinstance(response, Response):
             response.body = b""
         response.headers["x-request-id"] = request_id
@@ -213,10 +203,10 @@ class Gateway:
     def body_timeout(self, path: str = "") -> Response:
         """408 for a body that did not arrive within server.body_timeout_s; the connection closes."""
         limit = self.manifest.server.body_timeout_s
-        return HTTPError(408, f"The request body did not arrive within {limit:g}s (server.body_timeout_s).",
-                         code="request_timeout", headers={"connection": "close"}).response(routes.ERROR_STYLES.get(path))
+        return error_response(HTTPError(408, f"The request body did not arrive within {limit:g}s (server.body_timeout_s).",
+                                        code="request_timeout", headers={"connection": "close"}), routes.ERROR_STYLES.get(path))
 
     def too_large(self, path: str = "") -> Response:
         limit = self.manifest.server.max_body_bytes
-        return HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",
-                         code="request_too_large").response(routes.ERROR_STYLES.get(path))
+        return error_response(HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",
+                                        code="request_too_large"), routes.ERROR_STYLES.get(path))

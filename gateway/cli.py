@@ -8,21 +8,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from gateway import catalog, gitops
-from gateway.config import ManifestError, build, load_file
-from gateway.hub import NO_SPACE, FetchError, cache_root, fetch, fetch_model
-from gateway.logs import setup_logging
-from gateway.partials import sweep_partials
+from gateway.manifest import catalog, gitops
+from gateway.manifest.hub import NO_SPACE, FetchError, cache_root, fetch, fetch_model
+from gateway.manifest.load import ManifestError, build, load_file
+from gateway.manifest.partials import sweep_partials
+from gateway.observability.logs import setup_logging
 from schemas.manifest import Manifest, ModelType
 
 MODEL_TYPES = [t.value for t in ModelType]
-log = logging.getLogger("nexa.cli")
+log = logging.getLogger("nexa.gateway.cli")
 
 
 class UsageError(Exception):
@@ -185,7 +185,7 @@ def _file_server(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     import yaml
 
-    from gateway.config import substitute
+    from gateway.manifest.load import substitute
 
     data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
     return substitute(data.get("server") or {})
@@ -232,7 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     if args.command in ("schema", "plan"):
-        return gitops.schema(args) if args.command == "schema" else gitops.plan(args)
+        if args.command == "plan":
+            return gitops.plan(args)
+        from gateway.api.table import openapi_document
+
+        return gitops.schema(args, openapi_document)
     try:
         manifest = load_manifest(args)
         os.environ.update(flag_environment(args))  # the server worker and every reload see the flags

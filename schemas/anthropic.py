@@ -1,6 +1,6 @@
 """Request and response bodies of the Anthropic Messages API (`/v1/messages`).
 
-Shapes only: `gateway/routes/messages.py` translates them to and from the
+Shapes only: `gateway/api/anthropic/messages.py` translates them to and from the
 OpenAI-shaped chat request every chat protocol shares. Unknown fields are
 ignored (`cache_control`, `service_tier`, `citations`, ...), as newer clients
 send fields this gateway has no use for; a block type or a tool it cannot

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic_core import PydanticUseDefault
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticUseDefault
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 

@@ -1,7 +1,7 @@
 """The manifest: the single source of truth for what a gateway serves.
 
 Only data shapes live here. Whether a (type, format) pair has a backend, and
-whether a catalog name exists, is checked by `gateway.config`, because schemas
+whether a catalog name exists, is checked by `gateway.manifest.load`, because schemas
 import nothing of ours.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -140,6 +140,15 @@ class ServerSettings(BaseSettings):
         return env_settings, init_settings
 
 
+class Live:
+    """Marks a ModelSpec field that a reload applies to a loaded model in place, without loading its
+    weights again (gateway/manifest/plan.py reads the marks). Unmarked fields need new weights: a
+    field added without thinking about it errs on the safe side."""
+
+
+LIVE = Live()
+
+
 class ModelSpec(BaseModel):
     """One served model. Load-relevant fields (source, format, device, nctx,
     options) decide whether a change needs new weights."""
@@ -147,7 +156,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
-    aliases: list[str] = Field(default_factory=list)
+    aliases: Annotated[list[str], LIVE] = Field(default_factory=list)
     type: ModelType = ModelType.NLP
     format: ModelFormat = ModelFormat.gguf
     # Required, except for `format: remote` models, whose source is their base_url (validated below).
@@ -162,14 +171,14 @@ class ModelSpec(BaseModel):
     n_threads: int | None = Field(None, gt=0)
     n_gpu_layers: int | None = Field(None, ge=-1)
     chat_format: str | None = None
-    system_prompt: str | None = None
-    preload: bool = Field(False, description="load at start; otherwise on the first request")
-    max_tokens_limit: int = Field(4096, gt=0)
-    grammar_max_tokens: int = Field(512, gt=0, description="budget of a tool call or JSON answer (grammar-constrained) "
+    system_prompt: Annotated[str | None, LIVE] = None
+    preload: Annotated[bool, LIVE] = Field(False, description="load at start; otherwise on the first request")
+    max_tokens_limit: Annotated[int, LIVE] = Field(4096, gt=0)
+    grammar_max_tokens: Annotated[int, LIVE] = Field(512, gt=0, description="budget of a tool call or JSON answer (grammar-constrained) "
                                                           "when the request sets no max_tokens")
     # Residency and concurrency
-    pinned: bool = Field(False, description="never evicted to make room for another model")
-    ttl_s: float | None = Field(None, gt=0, description="unload after this many idle seconds")
+    pinned: Annotated[bool, LIVE] = Field(False, description="never evicted to make room for another model")
+    ttl_s: Annotated[float | None, LIVE] = Field(None, gt=0, description="unload after this many idle seconds")
     replicas: int = Field(1, ge=1, le=64, description="engine instances; each has its own thread")
     parallel: int = Field(1, ge=1, le=64, description="GGUF text models: requests decoded together in one "
                                                       "context (continuous batching); nctx is per request")
@@ -177,13 +186,13 @@ class ModelSpec(BaseModel):
         None, description="GGUF text models: host memory for the KV states of prompts set aside (a side call "
                           "replaced the main conversation), restored instead of prefilled again; e.g. 512MiB, "
                           "0 disables; default (unset): nctx x the model's KV bytes per token")
-    max_queue: int = Field(64, ge=0, description="requests waiting beyond the running ones; more get a 429")
-    queue_timeout_s: float = Field(120.0, gt=0)
-    timeout_s: float | None = Field(None, gt=0, description="longest a request may generate")
-    # Embedding models: concurrent requests are merged into one engine call (gateway/batcher.py).
-    embed_batch_max: int = Field(64, ge=1, le=4096, description="embedding models: most inputs per merged "
+    max_queue: Annotated[int, LIVE] = Field(64, ge=0, description="requests waiting beyond the running ones; more get a 429")
+    queue_timeout_s: Annotated[float, LIVE] = Field(120.0, gt=0)
+    timeout_s: Annotated[float | None, LIVE] = Field(None, gt=0, description="longest a request may generate")
+    # Embedding models: concurrent requests are merged into one engine call (gateway/models/batcher.py).
+    embed_batch_max: Annotated[int, LIVE] = Field(64, ge=1, le=4096, description="embedding models: most inputs per merged "
                                                                  "engine call (1: no merging)")
-    embed_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="embedding models: longest wait for more "
+    embed_batch_wait_ms: Annotated[float, LIVE] = Field(2.0, ge=0, le=1000, description="embedding models: longest wait for more "
                                                                          "requests to merge, only under concurrency")
     backend: str | None = Field(None, description="module:Class of a custom engine, instead of the registry's")
     options: dict[str, Any] = Field(default_factory=dict, description="engine options passed to the backend")

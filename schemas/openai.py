@@ -10,8 +10,18 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
-from pydantic import PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticUseDefault
 
 
@@ -59,7 +69,7 @@ def json_type(value: Any) -> str:
 def by_json_type(what: str, **branches: Any) -> Any:
     """A union picked by the JSON type of the value, so a bad value gets the errors of the one
     branch it meant (`tool_choice.function: Input should be an object`), not of every branch.
-    The tags are `<string>`, `<object>`, `<array>`; error paths leave them out (routes/common.py)."""
+    The tags are `<string>`, `<object>`, `<array>`; error paths leave them out (gateway/api/common.py)."""
     members = tuple(Annotated[branch, Tag(f"<{kind}>")] for kind, branch in branches.items())
     return Annotated[Union[members], Discriminator(json_type, custom_error_type="invalid_type",
                                                    custom_error_message=f"Input should be {what}")]

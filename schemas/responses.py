@@ -1,7 +1,7 @@
 """Request and response bodies of the OpenAI Responses API (`/v1/responses`).
 
 Shapes only: the translation to and from a chat request lives in
-`gateway/routes/responses.py`. Unknown fields are ignored, as elsewhere, so newer
+`gateway/api/openai/responses.py`. Unknown fields are ignored, as elsewhere, so newer
 SDKs (which send `include`, `truncation`, `prompt_cache_key`, ...) keep working.
 """
 

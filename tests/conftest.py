@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def fetch_catalog(name: str) -> Path:
     """Fetch a catalog model into the machine's shared cache (a no-op once cached)."""
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     return hub.fetch(ModelSpec(name=name, source=name))

@@ -6,7 +6,12 @@ import threading
 import time
 from typing import Any, Iterator
 
-from backends.base import Backend, BackendError, Delta, LoadError, SamplingParams, Usage
+from pydantic import ConfigDict
+
+from backends.base import Backend, Delta, SamplingParams, Usage
+from backends.errors import BackendError, LoadError
+from backends.options import EngineOptions
+from backends.registry import Engine
 
 EVENTS: list[tuple[str, Any]] = []  # (what, detail) in the order things happened
 
@@ -42,12 +47,12 @@ class FakeBackend(Backend):
         EVENTS.append(("end", prompt))
         yield Delta(finish_reason="length", usage=Usage(1, params.max_tokens))
 
-    def chat(self, messages, params, cancelled, **extra) -> Iterator[Delta]:
+    def chat(self, messages, params, cancelled, options=None) -> Iterator[Delta]:
         return self.complete(messages[-1]["content"], params, cancelled)
 
 
 class ProcessProbe(Backend):
-    """An engine the gateway runs in a worker process (gateway.worker): it can block for a
+    """An engine the gateway runs in a worker process (gateway.models.worker): it can block for a
     while, crash, fail a call, and tell which process it runs in."""
 
     capabilities = frozenset({"probe"})
@@ -75,6 +80,17 @@ class ProcessProbe(Backend):
         os.kill(os.getpid(), signal.SIGSEGV)
 
     def refuse(self) -> None:
-        from backends.base import BackendError
+        from backends.errors import BackendError
 
         raise BackendError("the probe refuses this input")
+
+
+class AnyOptions(EngineOptions):
+    """A test double's `options:` are its own business: anything goes."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def engine(target: str) -> Engine:
+    """A registry entry for a test double (`monkeypatch.setitem(ENGINES, key, engine("tests.fakes:X"))`)."""
+    return Engine(target, "a test double", AnyOptions, batched=target)

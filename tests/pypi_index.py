@@ -1,7 +1,7 @@
 """A tiny PEP 503 "simple" package index on loopback, and a builder for small wheels.
 
 Used by tests/test_hub.py to exercise the real `pip download` path of
-`gateway.hub` without touching the network.
+`gateway.manifest.hub` without touching the network.
 """
 
 from __future__ import annotations

@@ -8,22 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import BackendError, LoadError, backend_class
+from backends.errors import BackendError, LoadError
+from backends.registry import ENGINES
 from backends.whisper import (
     AudioDecodeError,
     EnglishOnlyError,
     Segment,
     TranscribeOptions,
     Transcript,
-    Word,
     WhisperBackend,
+    Word,
     decode_audio,
     normalise_language,
 )
-from gateway.config import parse_text
-from gateway.http import HTTPError, Request
-from gateway.multipart import Form, parse_form, parse_multipart
-from gateway.routes.audio import _params, render, timestamp, to_srt, to_vtt
+from gateway.api.openai.audio import _params, render, timestamp, to_srt, to_vtt
+from gateway.http.core import HTTPError, Request
+from gateway.http.multipart import Form, parse_form, parse_multipart
+from gateway.manifest.load import parse_text
 from schemas.manifest import ModelFormat, ModelSpec, ModelType, ServerSettings
 from tests.conftest import fetch_catalog
 from tests.speech import DETERMINISTIC, ENGLISH, convert, reference, speak
@@ -201,7 +202,7 @@ def spec(**fields) -> ModelSpec:
 
 
 def test_registry_and_manifest_settings(monkeypatch):
-    assert backend_class(ModelType.AUDIO, ModelFormat.bin) is WhisperBackend
+    assert ENGINES[(ModelType.AUDIO, ModelFormat.bin)].load_class() is WhisperBackend
     assert WhisperBackend.capabilities == {"transcribe", "translate"}
     assert ServerSettings().max_audio_bytes == 25 * 1024 * 1024
     manifest = parse_text("server: {max_audio_bytes: 1000}\nmodels: [{name: w, source: whisper-base}]")
@@ -279,7 +280,7 @@ def test_english_only_is_known_from_the_files_before_loading(tmp_path):
 
 
 def test_the_cards_know_before_loading(tmp_path):
-    from gateway.handle import capabilities_before_load
+    from gateway.models.state import capabilities_before_load
 
     local = tmp_path / "whisper-small.en"
     local.mkdir()

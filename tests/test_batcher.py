@@ -1,4 +1,4 @@
-"""gateway/batcher.py: which queued jobs a replica thread merges into one engine call.
+"""gateway/models/batcher.py: which queued jobs a replica thread merges into one engine call.
 
 The jobs here are plain records (the gatherer only reads `.batch`); the merged
 engine calls themselves are tested with the real embedding engines in
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.batcher import Batch, Gatherer, run
+from gateway.models.batcher import Batch, Gatherer, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,7 +127,7 @@ def test_run_settles_each_job_with_its_own_outcome():
 def test_manifest_settings_have_bounds_and_apply_without_a_reload():
     from pydantic import ValidationError
 
-    from gateway.plan import diff
+    from gateway.manifest.plan import diff
     from schemas.manifest import Manifest, ModelSpec
 
     spec = ModelSpec(name="e", source="all-minilm-l6-v2", type="TEXT_EMBEDDING", format="onnx")

@@ -125,7 +125,8 @@ def test_a_request_that_leaves_frees_its_slot_at_once(engines):
 
 
 def test_a_prompt_longer_than_nctx_per_sequence_is_refused(engines):
-    from backends.base import BackendError, SamplingParams
+    from backends.base import SamplingParams
+    from backends.errors import BackendError
 
     _, batched = engines
     assert batched.context_size() == 512  # nctx is per sequence: the context holds parallel × nctx
@@ -134,7 +135,7 @@ def test_a_prompt_longer_than_nctx_per_sequence_is_refused(engines):
 
 
 def test_parallel_is_refused_for_vision_models(tmp_path: Path):
-    from gateway.config import ManifestError, load_file
+    from gateway.manifest.load import ManifestError, load_file
 
     path = write_manifest(tmp_path / "nexa.yaml", [{"name": "v", "type": "MULTIMODAL", "source": str(tmp_path),
                                                      "mmproj": str(tmp_path / "p.gguf"), "parallel": 4}])

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway import catalog, hub
-from gateway.catalog import CatalogEntry
+from gateway.manifest import catalog, hub
+from gateway.manifest.catalog import CatalogEntry
 from schemas.manifest import ModelFormat, ModelType
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def raw_catalog() -> dict:
-    return yaml.safe_load(resources.files("gateway").joinpath("catalog.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load(resources.files("gateway.manifest").joinpath("catalog.yaml").read_text(encoding="utf-8"))
 
 
 # -- the data file -----------------------------------------------------------------
@@ -160,12 +160,12 @@ def test_aliases_are_not_offered_as_catalog_names_in_errors(tmp_path, monkeypatc
 
 def test_the_repository_catalog_file_is_the_one_loaded():
     # resources.files must point at the source tree's data file, not a stale installed copy
-    packaged = Path(str(resources.files("gateway").joinpath("catalog.yaml")))
-    assert packaged.read_text() == (Path(__file__).resolve().parent.parent / "gateway" / "catalog.yaml").read_text()
+    packaged = Path(str(resources.files("gateway.manifest").joinpath("catalog.yaml")))
+    assert packaged.read_text() == (Path(__file__).resolve().parent.parent / "gateway" / "manifest" / "catalog.yaml").read_text()
 
 
 def test_a_gguf_repository_without_a_file_follows_the_documented_rule():
-    from gateway.hub import choose_gguf
+    from gateway.manifest.hub import choose_gguf
 
     files = ["README.md", "model.Q8_0.gguf", "model.Q4_K_M.gguf", "mmproj-model-f16.gguf", "model.Q2_K.gguf"]
     assert choose_gguf(files) == "model.Q4_K_M.gguf"
@@ -178,7 +178,7 @@ def test_an_hf_repository_is_never_asked_about_interactively(monkeypatch, tmp_pa
     """The choice comes from the repo listing and the rule, and fetching uses the chosen file."""
     import huggingface_hub
 
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     monkeypatch.setenv("NEXA_CACHE_ROOT", str(tmp_path))

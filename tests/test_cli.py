@@ -120,7 +120,8 @@ def test_pull_takes_a_model_the_way_server_does():
 def test_a_full_disk_during_a_pull_or_a_start_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     import errno
 
-    from gateway import cli, hub
+    from gateway import cli
+    from gateway.manifest import hub
 
     monkeypatch.setenv("NEXA_CACHE_ROOT", str(tmp_path / "cache"))
     wheel = tmp_path / "fake.whl"

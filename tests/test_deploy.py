@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from gateway.cli import make_parser
-from gateway.config import parse_text
+from gateway.manifest.load import parse_text
 from schemas.manifest import ServerSettings
 from tests import tools
 from tests.conftest import ROOT, write_manifest

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRELUDE = """
 import gc, json, sys
 from pathlib import Path
-from backends.base import BackendError, LoadError
+from backends.errors import BackendError, LoadError
 from backends.diffusion import DiffusionBackend, ImageParams, active_native_calls
 from schemas.manifest import ModelSpec
 

@@ -17,8 +17,17 @@ import openai
 import pytest
 
 from tests.conftest import Server, fetch_catalog, metric, models, write_manifest
-from tests.speech import (CONTENT_TYPES, DETERMINISTIC, ENGLISH, FORMATS, FRENCH, convert, reference,
-                          reference_segments, speak)
+from tests.speech import (
+    CONTENT_TYPES,
+    DETERMINISTIC,
+    ENGLISH,
+    FORMATS,
+    FRENCH,
+    convert,
+    reference,
+    reference_segments,
+    speak,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300),
               # The openai SDK marks audio.translations as deprecated; the route is still part of the API.

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import hub
+from gateway.manifest import hub
 from tests.conftest import NEXA, ROOT, corrupt_in_place, models, write_manifest
 
 

@@ -20,9 +20,10 @@ import jsonschema
 import openai
 import pytest
 
-from backends.base import BackendError, Delta, Usage
-from gateway.routes import ERROR_STYLES
-from gateway.routes.messages import _events, anthropic_error, to_chat
+from backends.base import Delta, Usage
+from backends.errors import BackendError
+from gateway.api.anthropic.messages import _events, anthropic_error, to_chat
+from gateway.api.table import ERROR_STYLES
 from schemas.anthropic import MessagesRequest
 from tests.conftest import Server, write_manifest
 

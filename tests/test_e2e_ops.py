@@ -223,7 +223,7 @@ def test_cors_allowlist(tmp_path, start_server):
     assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
     bad = tmp_path / "bad.yaml"
     write_manifest(bad, [fake("a")], server={"cors_origins": ["*"], "cors_allow_credentials": True})
-    from gateway.config import ManifestError, load_file
+    from gateway.manifest.load import ManifestError, load_file
 
     with pytest.raises(ManifestError, match="cors_origins cannot contain"):
         load_file(bad)

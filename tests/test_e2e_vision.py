@@ -1,7 +1,7 @@
 """End to end: vision chat through a real `nexa server` with a synthetic LLaVA-style pair
 (random weights, real llama.cpp multimodal path), spoken to with the openai SDK and httpx.
 
-The route layer's image step (`gateway.media.resolve_image_parts`) is tested directly in
+The route layer's image step (`gateway.media.inputs.resolve_image_parts`) is tested directly in
 tests/test_images_in.py; tests/test_media.py holds the rules vision chat shares with /v1/img2img."""
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import BackendError, LoadError, backend_class
 from backends.embeddings import EmbeddingBackend, l2_normalize, special_frame
+from backends.errors import BackendError, LoadError
+from backends.registry import ENGINES
 from schemas.embeddings import EmbeddingRequest
 from schemas.manifest import ModelFormat, ModelSpec, ModelType
 from tests.conftest import fetch_catalog
@@ -66,8 +67,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_registry_serves_both_formats():
-    onnx_cls = backend_class(ModelType.TEXT_EMBEDDING, ModelFormat.onnx)
-    gguf_cls = backend_class(ModelType.TEXT_EMBEDDING, ModelFormat.gguf)
+    onnx_cls = ENGINES[(ModelType.TEXT_EMBEDDING, ModelFormat.onnx)].load_class()
+    gguf_cls = ENGINES[(ModelType.TEXT_EMBEDDING, ModelFormat.gguf)].load_class()
     assert onnx_cls.__name__ == "FastembedBackend" and gguf_cls.__name__ == "LlamaEmbedBackend"
     assert onnx_cls.capabilities == gguf_cls.capabilities == frozenset({"embed"})
 
@@ -108,7 +109,7 @@ def test_request_rejects_bad_input(value):
 
 
 def test_safetensors_reader(onnx_dir: Path):
-    from gateway import hub
+    from gateway.manifest import hub
     from tests.synth.bert_gguf import SAFETENSORS_SHA256, SAFETENSORS_SOURCE
 
     weights = hub.fetch(ModelSpec(name="st", source=SAFETENSORS_SOURCE, sha256=SAFETENSORS_SHA256))

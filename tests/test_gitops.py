@@ -17,8 +17,9 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway import gitops, hub
-from gateway.config import ManifestError, parse_text
+from gateway.api.table import openapi_document
+from gateway.manifest import gitops, hub
+from gateway.manifest.load import ManifestError, parse_text
 from schemas.manifest import ModelSpec
 from tests.conftest import ROOT, write_manifest
 from tests.pypi_index import PackageIndex
@@ -56,9 +57,9 @@ def test_schema_has_the_server_section_with_descriptions(schema, tmp_path, capsy
     server = schema["$defs"]["ServerSettings"]["properties"]
     assert "shutdown_grace_s" in server and "e.g. 8GiB" in json.dumps(server["memory_budget"])
     assert "remote" in schema["$defs"]["ModelFormat"]["enum"]
-    assert gitops.schema(parse("schema")) == 0
+    assert gitops.schema(parse("schema"), openapi_document) == 0
     assert json.loads(capsys.readouterr().out) == schema
-    assert gitops.schema(parse("schema", "-o", str(tmp_path / "s.json"))) == 0
+    assert gitops.schema(parse("schema", "-o", str(tmp_path / "s.json")), openapi_document) == 0
     assert json.loads((tmp_path / "s.json").read_text()) == schema
 
 
@@ -232,7 +233,7 @@ def test_redact_hides_every_secret_and_keeps_the_shape():
     ("http://u:p@ss@h/v1?auth=x#f", "http://<redacted>@h/v1?auth=<redacted>#f"),
 ])
 def test_redact_url_hides_userinfo_and_secret_query_values(url, shown):
-    from gateway.redact import redact_url, scrub
+    from gateway.observability.redact import redact_url, scrub
 
     assert redact_url(url) == shown
     text = f"cannot reach upstream {url}: ConnectError ('{url}')."

@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from gateway import catalog, hub, integrity
-from gateway.catalog import CatalogEntry, CatalogFile, Part
+from gateway.manifest import catalog, hub, integrity
+from gateway.manifest.catalog import CatalogEntry, CatalogFile, Part
 from schemas.manifest import ModelSpec
 from tests.conftest import corrupt_in_place
 from tests.pypi_index import PackageIndex

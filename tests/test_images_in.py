@@ -13,9 +13,9 @@ from typing import Iterator
 import pytest
 
 from backends.media import decode_image
-from gateway.http import HTTPError
-from gateway.image_fetch import host_allowed
-from gateway.media import resolve_image_parts
+from gateway.http.core import HTTPError
+from gateway.media.fetch import host_allowed
+from gateway.media.inputs import resolve_image_parts
 from schemas.manifest import ServerSettings
 from tests.synth.vlm import png
 

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from gateway.http import HTTPError
-from gateway.image_output import ImageStore, default_output_dir
-from gateway.media import decode_inline, open_image, resolve_input_path
-from gateway.routes.images import _fit
+from gateway.api.openai.images import _fit
+from gateway.http.core import HTTPError
+from gateway.media.inputs import decode_inline, open_image, resolve_input_path
+from gateway.media.output import ImageStore, default_output_dir
 from schemas.images import ImageGenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from schemas.manifest import ServerSettings
 
@@ -133,7 +133,7 @@ def test_manifest_image_folders_must_be_absolute():
 def test_the_output_folder_keeps_only_the_newest_images(tmp_path):
     import os
 
-    from gateway.image_output import ImageStore
+    from gateway.media.output import ImageStore
 
     store = ImageStore(tmp_path, keep=3)
     names = []
@@ -146,7 +146,7 @@ def test_the_output_folder_keeps_only_the_newest_images(tmp_path):
 
 @pytest.mark.parametrize("error, status_code", [(28, 507), (5, 500)])  # ENOSPC, EIO
 def test_a_failed_image_write_is_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch, error, status_code):
-    import gateway.image_output as images
+    import gateway.media.output as images
 
     def full(out, data):
         out.write(data[:10])  # part of it made it to disk, as on a disk that fills up mid-write
@@ -167,8 +167,8 @@ def test_a_failed_image_write_is_a_clear_error_and_leaves_no_file(tmp_path, monk
 def test_image_urls_use_the_public_url_and_forwarded_headers_only_when_trusted():
     from types import SimpleNamespace
 
-    from gateway.http import Request
-    from gateway.routes.images import _file_url
+    from gateway.api.openai.images import _file_url
+    from gateway.http.core import Request
 
     def url(headers: dict, **server) -> str:
         gw = SimpleNamespace(manifest=SimpleNamespace(server=ServerSettings(port=8000, **server)))

@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 
 from backends import json_grammar
-from backends.base import BackendError, SamplingParams
+from backends.base import ChatOptions, SamplingParams
+from backends.errors import BackendError
 from backends.json_grammar import ConstrainedOutputError
 
 pytestmark = pytest.mark.timeout(900)
@@ -52,7 +53,8 @@ def never() -> bool:
 
 def tool_call(llama, seed: int) -> str:
     """The arguments of one forced call (what the gateway would send)."""
-    deltas = list(llama.chat(TOOL_ASK, replace(EXPLORE, seed=seed), never, tools=[SAVE_NOTE], tool_choice="required"))
+    deltas = list(llama.chat(TOOL_ASK, replace(EXPLORE, seed=seed), never,
+                             ChatOptions(tools=[SAVE_NOTE], tool_choice="required")))
     assert deltas[-1].finish_reason == "tool_calls", (seed, deltas[-1])
     assert deltas[-1].tool_calls[0]["function"]["name"] == "save_poem"
     return deltas[-1].tool_calls[0]["function"]["arguments"]
@@ -60,7 +62,8 @@ def tool_call(llama, seed: int) -> str:
 
 def json_answer(llama, seed: int) -> str:
     deltas = list(llama.chat(JSON_ASK, replace(EXPLORE, seed=seed), never,
-                             response_format={"type": "json_schema", "json_schema": {"name": "poem", "schema": NOTE}}))
+                             ChatOptions(response_format={"type": "json_schema",
+                                                          "json_schema": {"name": "poem", "schema": NOTE}})))
     assert deltas[-1].finish_reason == "stop", (seed, deltas[-1])
     return "".join(d.text for d in deltas)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ManifestError, _apply_catalog_defaults, build, load_file, parse_text
+from gateway.manifest.load import ManifestError, _apply_catalog_defaults, build, load_file, parse_text
 from schemas.manifest import ModelFormat, ModelType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def test_valid_engine_options_and_custom_backends_pass():
 def test_schema_document_types_engine_options():
     import jsonschema
 
-    from gateway.gitops import schema_document
+    from gateway.manifest.gitops import schema_document
 
     validator = jsonschema.Draft202012Validator(schema_document())
     model = {"name": "a", "source": "x.gguf", "type": "NLP", "format": "gguf"}

@@ -1,7 +1,7 @@
 """One set of rules for input images: /v1/img2img and vision chat accept and refuse exactly the
 same encodings, and enforce the same pixel limit (server.max_image_pixels).
 
-Three levels: the functions each route calls (gateway.media), the vision backend's own decoder
+Three levels: the functions each route calls (gateway.media.inputs), the vision backend's own decoder
 (backends.vision.read_image), and both routes through the real gateway core, with fake engines
 that hand back what they were given (the real engines are in tests/test_e2e_vision.py and
 tests/test_e2e_images.py)."""
@@ -18,14 +18,16 @@ from typing import Any, Iterator
 import pytest
 from PIL import Image
 
+import backends.registry as registry
 from backends import base
-from backends.base import BackendError, Delta, SamplingParams, Usage
+from backends.base import Delta, SamplingParams, Usage
 from backends.diffusion import GeneratedImage
+from backends.errors import BackendError
 from backends.media import IMAGE_PARTS, MediaError, b64decode, content_parts
 from gateway.app import Gateway
-from gateway.config import build
-from gateway.http import HTTPError, Request
-from gateway.media import decode_inline, load_input, pixel_limit, resolve_image_parts
+from gateway.http.core import HTTPError, Request
+from gateway.manifest.load import build
+from gateway.media.inputs import decode_inline, load_input, pixel_limit, resolve_image_parts
 from schemas.manifest import ModelFormat, ModelType, ServerSettings
 from tests import fakes
 
@@ -187,7 +189,7 @@ class EchoVision(fakes.FakeBackend):
 
     capabilities = frozenset({"chat", "complete", "vision"})
 
-    def chat(self, messages, params: SamplingParams, cancelled, **extra) -> Iterator[Delta]:
+    def chat(self, messages, params: SamplingParams, cancelled, options=None) -> Iterator[Delta]:
         from backends.vision import prepare_messages, read_image
 
         seen = []
@@ -201,8 +203,8 @@ class EchoVision(fakes.FakeBackend):
 
 @pytest.fixture
 def gateway(monkeypatch, tmp_path) -> Iterator[Gateway]:
-    monkeypatch.setitem(base.REGISTRY, (ModelType.COMPUTER_VISION, ModelFormat.gguf), "tests.test_media:EchoImages")
-    monkeypatch.setitem(base.REGISTRY, (ModelType.MULTIMODAL, ModelFormat.gguf), "tests.test_media:EchoVision")
+    monkeypatch.setitem(registry.ENGINES, (ModelType.COMPUTER_VISION, ModelFormat.gguf), fakes.engine("tests.test_media:EchoImages"))
+    monkeypatch.setitem(registry.ENGINES, (ModelType.MULTIMODAL, ModelFormat.gguf), fakes.engine("tests.test_media:EchoVision"))
     manifest = build({"server": {"max_image_pixels": 16 * 16, "image_output_dir": str(tmp_path)}, "models": [
         {"name": "sd", "type": "COMPUTER_VISION", "source": "/dev/null"},
         {"name": "vlm", "type": "MULTIMODAL", "source": "/dev/null", "mmproj": "/dev/null"},

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import BackendError, LoadError, SamplingParams
+from backends.base import ChatOptions, SamplingParams
+from backends.errors import BackendError, LoadError
 from schemas.manifest import ModelFormat, ModelSpec, ModelType
 
 pytest.importorskip("onnx")
@@ -163,12 +164,12 @@ def test_token_id_prompts_and_bad_requests(model):
         model.complete(" one" * 600, SamplingParams(), NEVER)
     with pytest.raises(BackendError, match="tool calling"):
         model.chat([{"role": "user", "content": "x"}], SamplingParams(), NEVER,
-                   tools=[{"type": "function", "function": {"name": "f"}}])
+                   ChatOptions(tools=[{"type": "function", "function": {"name": "f"}}]))
     with pytest.raises(BackendError, match="response_format"):
-        model.chat([{"role": "user", "content": "x"}], SamplingParams(), NEVER, response_format={"type": "json_object"})
+        model.chat([{"role": "user", "content": "x"}], SamplingParams(), NEVER, ChatOptions(response_format={"type": "json_object"}))
     # tool_choice "none" drops the tools and answers as text
     text, _, _ = run(model.chat([{"role": "user", "content": "x"}], SamplingParams(max_tokens=2, **GREEDY), NEVER,
-                                tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="none"))
+                                ChatOptions(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="none")))
     assert text == " one two"
 
 

@@ -20,9 +20,11 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from gateway import openapi, routes
+from gateway.api import table as routes
+from gateway.api.ops.playground import playground_paths
 from gateway.cli import main
-from gateway.http import Route
+from gateway.http import openapi
+from gateway.http.core import Route
 from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from tests.conftest import Server, write_manifest
 
@@ -67,9 +69,9 @@ def test_only_the_served_routes_unless_all():
     assert "/v1/embeddings" in doc["paths"] and "/health" in doc["paths"] and "/openapi.json" in doc["paths"]
     assert "/v1/chat/completions" not in doc["paths"] and "/v1/txt2img" not in doc["paths"]
     assert "ChatRequest" not in doc["components"]["schemas"]
-    without_playground = openapi.document(routes.TABLE, openapi.offered([{"embed"}], openapi.playground_paths(False)))
+    without_playground = openapi.document(routes.TABLE, openapi.offered([{"embed"}], playground_paths(False)))
     assert "/playground" not in without_playground["paths"] and "/static/{name}" not in without_playground["paths"]
-    assert "/playground" in doc["paths"] and openapi.playground_paths(True) == []
+    assert "/playground" in doc["paths"] and playground_paths(True) == []
 
 
 async def _handler(gw, request):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import partials
+from gateway.manifest import partials
 from tests.conftest import ROOT
-from tests.test_hub import PIP_TIMEOUT, cache, index, sha  # noqa: F401 - fixtures
 from tests.pypi_index import PackageIndex
+from tests.test_hub import PIP_TIMEOUT, cache, index, sha  # noqa: F401 - fixtures
 
 HOUR = 3600
 
@@ -41,7 +41,7 @@ def _partial(parent: Path, name: str, *, lock: bool = True, age: float = HOUR) -
 
 def test_a_killed_fetch_leaves_a_folder_the_next_sweep_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(partials, "PARTIAL_MIN_AGE_S", 0.0)
-    code = ("import sys, time; from pathlib import Path; from gateway.partials import partial_dir\n"
+    code = ("import sys, time; from pathlib import Path; from gateway.manifest.partials import partial_dir\n"
             "with partial_dir(Path(sys.argv[1]), 'nexa-fetch-') as d:\n"
             "    (d / 'assembled').write_bytes(b'x' * 1000); print(d, flush=True); time.sleep(120)\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache" / "m")], cwd=ROOT,

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from gateway.http import HTTPError, Request
-from gateway.routes import playground
+from gateway.api import playground
+from gateway.http.core import HTTPError, Request
 from tests.conftest import ROOT, Server, fetch_catalog, wait_for, write_manifest
 from tests.speech import DETERMINISTIC, ENGLISH, speak
 from tests.synth.sd_checkpoint import sdxs_checkpoint

@@ -10,21 +10,22 @@ import threading
 import pytest
 
 import backends.base as base
+import backends.registry as registry
 from gateway.app import Gateway
-from gateway.config import build
-from gateway.http import Request
-from gateway.channel import Channel
-from gateway.pool import ModelPool, ModelState, ModelUnavailable
-from schemas.manifest import ServerSettings
+from gateway.http.core import Request
+from gateway.manifest.load import build
+from gateway.models.channel import Channel
+from gateway.models.pool import ModelPool
+from gateway.models.state import ModelState, ModelUnavailable
+from schemas.manifest import ModelFormat, ModelType, ServerSettings
 from tests import fakes
-from schemas.manifest import ModelFormat, ModelType
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(autouse=True)
 def fake_engine(monkeypatch):
-    monkeypatch.setitem(base.REGISTRY, (ModelType.NLP, ModelFormat.gguf), "tests.fakes:FakeBackend")
+    monkeypatch.setitem(registry.ENGINES, (ModelType.NLP, ModelFormat.gguf), fakes.engine("tests.fakes:FakeBackend"))
     fakes.EVENTS.clear()
 
 

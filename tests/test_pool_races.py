@@ -8,12 +8,14 @@ import time
 
 import pytest
 
-import backends.base as base
+import backends.errors as errors
+import backends.registry as registry
 from gateway.app import Gateway
-from gateway.config import build
-from gateway.http import Request
-from gateway.plan import diff
-from gateway.pool import ModelPool, ModelState, ModelUnavailable
+from gateway.http.core import Request
+from gateway.manifest.load import build
+from gateway.manifest.plan import diff
+from gateway.models.pool import ModelPool
+from gateway.models.state import ModelState, ModelUnavailable
 from schemas.manifest import ModelFormat, ModelType, ServerSettings
 from tests import fakes
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def fake_engine(monkeypatch):
-    monkeypatch.setitem(base.REGISTRY, (ModelType.NLP, ModelFormat.gguf), "tests.fakes:FakeBackend")
+    monkeypatch.setitem(registry.ENGINES, (ModelType.NLP, ModelFormat.gguf), fakes.engine("tests.fakes:FakeBackend"))
     fakes.EVENTS.clear()
 
 
@@ -101,7 +103,7 @@ def test_a_cancelled_admin_reload_still_applies_the_whole_plan(tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
         write([{"name": "a", "preload": True}, {"name": "b"}])
-        from gateway.config import load_file
+        from gateway.manifest.load import load_file
         gw = Gateway(load_file(path), reloader_options={"manifest_path": str(path), "watch": False})
         gw.startup(loop)
         await gw.pool.get("a").ready()
@@ -154,17 +156,17 @@ def test_a_cancelled_call_skips_its_queued_work():
 
 
 def test_a_failed_load_is_tried_again_after_the_back_off(monkeypatch):
-    import gateway.handle
+    import gateway.models.handle
 
-    monkeypatch.setattr(gateway.handle, "LOAD_RETRY_S", 0.3)
-    monkeypatch.setitem(base.REGISTRY, (ModelType.NLP, ModelFormat.gguf), "tests.fakes:FakeBackend")
+    monkeypatch.setattr(gateway.models.handle, "LOAD_RETRY_S", 0.3)
+    monkeypatch.setitem(registry.ENGINES, (ModelType.NLP, ModelFormat.gguf), fakes.engine("tests.fakes:FakeBackend"))
     real = fakes.FakeBackend.load.__func__
     attempts = []
 
     def flaky(cls, spec, path):  # first load fails (e.g. transient OOM / download error), later ones work
         attempts.append(1)
         if len(attempts) == 1:
-            raise base.LoadError("transient")
+            raise errors.LoadError("transient")
         return real(cls, spec, path)
 
     monkeypatch.setattr(fakes.FakeBackend, "load", classmethod(flaky))
@@ -193,7 +195,7 @@ def test_a_reload_respects_max_loaded(tmp_path):
     """A preload model added by a reload loads only if it fits; otherwise it stays lazy."""
     import yaml
 
-    from gateway.config import load_file
+    from gateway.manifest.load import load_file
 
     path = tmp_path / "nexa.yaml"
 

@@ -125,11 +125,11 @@ def ask(backend, messages: list[dict]):
 
 
 def load(smollm2_path: Path, **fields):
-    from backends.llama import LlamaBackend
+    from backends.registry import backend_for
 
     spec = ModelSpec(name=f"smol-{id(fields)}", source=str(smollm2_path), nctx=2048, n_threads=2, device="cpu",
                      **fields)
-    return LlamaBackend.load(spec, smollm2_path)
+    return backend_for(spec).load(spec, smollm2_path)  # parallel > 1: the batched engine
 
 
 @pytest.mark.parametrize("parallel", [1, 2])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway import watchpaths
+from gateway.manifest import watchpaths
 from tests.conftest import metric, models, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -150,19 +150,19 @@ def test_a_single_mounted_file_is_recognised(tmp_path):
 
 
 def test_the_gateway_warns_at_start_about_a_single_mounted_file(tmp_path, monkeypatch, caplog):
-    from gateway.reload import Reloader
+    from gateway.manifest.reload import Reloader
 
     path = tmp_path / "nexa.yaml"
     path.write_text(manifest("a"))
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(f"571 22 253:1 /volume-subpaths/config/nexa/0 {path} ro,relatime - ext4 /dev/vda1 rw\n")
     monkeypatch.setattr(watchpaths, "MOUNTINFO", mountinfo)
-    with caplog.at_level("INFO", logger="nexa.reload"):
+    with caplog.at_level("INFO", logger="nexa.gateway.manifest.reload"):
         Reloader(gateway=None, manifest_path=str(path), watch=False)._describe()  # warned even without watching
     assert [(r.levelname, r.kind) for r in caplog.records] == [("WARNING", "file-mount")]
     assert "subPath" in caplog.records[0].getMessage()
     caplog.clear()
     mountinfo.write_text("")
-    with caplog.at_level("INFO", logger="nexa.reload"):
+    with caplog.at_level("INFO", logger="nexa.gateway.manifest.reload"):
         Reloader(gateway=None, manifest_path=str(path), watch=True)._describe()
     assert [(r.levelname, r.kind) for r in caplog.records] == [("INFO", "file")]

@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from backends.base import BackendError, LoadError, SamplingParams, UpstreamError
+from backends.base import ChatOptions, SamplingParams
+from backends.errors import BackendError, LoadError, UpstreamError
 from backends.remote import RemoteEmbedBackend, RemoteTextBackend, _sampling
 from schemas.manifest import ModelSpec
 
@@ -50,7 +51,7 @@ def test_chat_chunks_become_deltas_with_usage_and_tool_calls():
                  b"[DONE]")
     remote, seen = backend(lambda r: httpx.Response(200, content=events, headers={"content-type": "text/event-stream"}))
     deltas = list(remote.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=9, top_k=5), NEVER,
-                              tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto"))
+                              ChatOptions(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto")))
     assert [d.text for d in deltas[:-1]] == ["Hel", "lo"]
     last = deltas[-1]
     assert last.finish_reason == "tool_calls" and (last.usage.prompt_tokens, last.usage.completion_tokens) == (7, 5)
@@ -153,7 +154,7 @@ def test_unknown_options_fail_the_load():
 def test_a_model_cards_error_hides_url_credentials():
     from types import SimpleNamespace
 
-    from gateway.routes.discovery import card
+    from gateway.api.ops.discovery import card
 
     handle = SimpleNamespace(name="r", spec=SimpleNamespace(type=SimpleNamespace(value="NLP"),
                                                             format=SimpleNamespace(value="remote"), aliases=[],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.responses_store import ResponseStore, Stored
+from gateway.api.openai.responses_store import ResponseStore, Stored
 from schemas.manifest import ApiKey, ServerSettings
 
 

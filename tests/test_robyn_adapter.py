@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from gateway.http import Request
-from gateway.multipart import parse_form
+from gateway.http.core import Request
+from gateway.http.multipart import parse_form
 from gateway.servers.robyn import StreamBridge, query_string, rebuild_multipart
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,7 +9,8 @@ from typing import Iterator
 import pytest
 
 from backends import textloop
-from backends.base import BackendError, Delta, TokenLogprob
+from backends.base import Delta, TokenLogprob
+from backends.errors import BackendError
 
 END = 0
 # token id -> bytes; 7 and 8 are the two halves of "é" (UTF-8 c3 a9)

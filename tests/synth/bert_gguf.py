@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gateway.hub import file_lock as _locked
+
+from gateway.manifest.hub import file_lock as _locked
 
 log = logging.getLogger("nexa.tests.synth")
 
@@ -150,7 +151,7 @@ def convert(model_dir: Path, weights: Path, out: Path, *, pooling: str = "mean",
 
 def minilm_gguf(outtype: str = "f16") -> Path:
     """all-MiniLM-L6-v2 as GGUF, converted once per machine (cached under test-models)."""
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     out = test_models_dir() / f"all-minilm-l6-v2-{outtype}-v{CONVERTER_VERSION}.gguf"

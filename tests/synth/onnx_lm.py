@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from gateway.hub import file_lock
+
+from gateway.manifest.hub import file_lock
 
 log = logging.getLogger("nexa.tests.synth")
 

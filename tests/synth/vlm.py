@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from gateway.hub import file_lock as _locked
+
+from gateway.manifest.hub import file_lock as _locked
 
 VERSION = 1  # bump when the output changes, so cached files are rewritten
 N_EMBD = 64  # the language model's width = the projector's output width T

@@ -1,0 +1,193 @@
+"""The one chat path: every chat protocol (Chat Completions, the original function-calling route,
+Responses, Anthropic Messages, Ollama) translates its body into a `ChatRequest` and comes through
+`open_chat`: one place for prompting, sampling, tools, response format, images and usage, and for
+the stream plumbing (first delta pulled before answering, metrics, closing the engine's stream).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from backends.base import ChatOptions, Delta, SamplingParams
+from backends.media import MediaError, content_parts
+from gateway.http.core import HTTPError, Request
+from gateway.media.inputs import pixel_limit, resolve_image_parts
+from gateway.models.handle import ModelHandle
+from gateway.observability import metrics
+from schemas.openai import ChatRequest, SamplingFields, Usage
+
+if TYPE_CHECKING:
+    from gateway.api.context import Gateway
+
+
+def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None) -> SamplingParams:
+    limit = handle.spec.max_tokens_limit
+    if body.max_tokens is not None and body.max_tokens > limit:
+        raise HTTPError(400, f"max_tokens is {body.max_tokens}, but model {handle.name!r} allows at most {limit}.",
+                        param="max_tokens", code="max_tokens_too_large")
+    params = SamplingParams(
+        max_tokens=body.max_tokens or default_max or limit,
+        stop=body.stop or [],
+        seed=body.seed,
+        grammar_max_tokens=None if body.max_tokens else min(handle.spec.grammar_max_tokens, limit),
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
+        value = getattr(body, name)
+        if value is not None:
+            setattr(params, name, value)
+    if body.top_p == 0:  # what evaluation harnesses send for greedy decoding
+        params.top_p, params.top_k = 1.0, 1
+    return params
+
+
+def usage_of(delta: Delta | None) -> Usage:
+    u = delta.usage if delta and delta.usage else None
+    return Usage(prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0,
+                 total_tokens=u.total_tokens if u else 0)
+
+
+def finish_of(delta: Delta) -> str:
+    return "stop" if delta.finish_reason == "cancelled" else (delta.finish_reason or "stop")
+
+
+async def start_stream(handle: ModelHandle, request: Request,
+                       deltas: AsyncIterator[Delta]) -> tuple[Delta | None, AsyncIterator[Delta]]:
+    """Pull the first delta before answering, so that errors such as an over-long
+    prompt or a model that fails to load become a proper HTTP status."""
+    deltas = _observed(handle, request, deltas)
+    try:
+        first = await deltas.__anext__()
+    except StopAsyncIteration:
+        return None, deltas
+    return first, deltas
+
+
+async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """Time to first token, token counts and (for streams) total latency, as metrics."""
+    started = request.state.get("started", time.perf_counter())
+    first = True
+    try:
+        async for delta in deltas:
+            if first:
+                metrics.TTFT.labels(handle.name).observe(time.perf_counter() - started)
+                first = False
+            if delta.usage:
+                metrics.TOKENS.labels(handle.name).inc(delta.usage.completion_tokens)
+                metrics.PROMPT_TOKENS.labels(handle.name).inc(delta.usage.prompt_tokens)
+            yield delta
+    finally:
+        await deltas.aclose()
+        if request.state.get("stream"):
+            metrics.LATENCY.labels(request.state.get("route", request.path)).observe(time.perf_counter() - started)
+
+
+async def chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    if first is not None:
+        yield first
+    async for delta in rest:
+        yield delta
+
+
+async def closing(events: AsyncIterator[bytes], *inner: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """Make sure the model stream is closed when the HTTP stream is, however it ends."""
+    try:
+        async for item in events:
+            yield item
+    finally:
+        await events.aclose()
+        for it in inner:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def chat_messages(body: ChatRequest, handle: ModelHandle) -> list[dict[str, Any]]:
+    """Plain dicts for the chat template: the whole history.
+
+    For models with the "vision" capability, list content is passed through as
+    OpenAI-style part dicts; for text-only models the text parts are joined and
+    an image is a clear 400."""
+    vision = "vision" in handle.capabilities
+    messages: list[dict[str, Any]] = []
+    for index, message in enumerate(body.messages):
+        content: Any = message.content
+        if isinstance(content, list):
+            parts = []
+            try:
+                for part in content_parts([p.model_dump(exclude_none=True) for p in content]):
+                    if part.is_image and not vision:
+                        raise HTTPError(400, f"Model {handle.name!r} is a text-only model and cannot read images; "
+                                             "send images to a MULTIMODAL model.",
+                                        param=f"messages[{index}].content", code="images_not_supported")
+                    parts.append(part)
+            except MediaError as exc:
+                text = str(exc)
+                raise HTTPError(400, f"{text[:1].upper()}{text[1:]}.", param=f"messages[{index}].content",
+                                code=exc.code) from None
+            content = [p.raw for p in parts] if vision else "".join(p.text for p in parts)
+        item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                                "content": content or ""}
+        for extra in ("name", "tool_calls", "tool_call_id"):
+            value = getattr(message, extra)
+            if value is not None:
+                item[extra] = value
+        messages.append(item)
+    if handle.spec.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": handle.spec.system_prompt})
+    return messages
+
+
+async def open_chat(gw: "Gateway", request: Request, body: ChatRequest
+                    ) -> tuple[ModelHandle, Delta | None, AsyncIterator[Delta]]:
+    """Start one chat generation from an OpenAI-shaped request.
+
+    Every chat protocol (Chat Completions, the original function-calling route,
+    Responses, Anthropic Messages) translates its body into a `ChatRequest` and
+    comes through here: one path for prompting, sampling, tools, response format,
+    images and usage. Returns the model, the first delta (already pulled, so load
+    and prompt errors are HTTP statuses) and the rest of the stream."""
+    handle, params, messages, options = await chat_inputs(gw, request, body)
+    deltas = handle.stream(lambda backend, cancelled: backend.chat(messages, params, cancelled, options))
+    request.state["stream"] = body.stream
+    first, deltas = await start_stream(handle, request, deltas)
+    return handle, first, deltas
+
+
+async def chat_inputs(gw: "Gateway", request: Request, body: ChatRequest
+                      ) -> tuple[ModelHandle, SamplingParams, list[dict[str, Any]], ChatOptions]:
+    """The model, sampling, messages and options `backend.chat` gets for this request;
+    token counting (`backend.count_chat`) uses the same ones, so a count is the
+    prompt the generation would see."""
+    handle = gw.select_model(body.model, "chat", request.path)
+    params = sampling(body, handle, default_max=None)
+    params.logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    messages = chat_messages(body, handle)
+    if "vision" in handle.capabilities:
+        messages = await resolve_image_parts(messages, gw.manifest.server,
+                                             pixel_limit(gw.manifest.server, handle.spec.options))
+    tools, tool_choice = _tools_of(body)
+    if request.path == "/v1/function-calling" and tools and tool_choice in (None, "auto"):
+        # This route exists to "call the most appropriate function": with "auto" a small model
+        # often just answers, and clients of the original read tool_calls[0] unconditionally.
+        tool_choice = "required"
+    options = ChatOptions(response_format=body.response_format)
+    if tools:
+        options.tools, options.tool_choice, options.parallel_tool_calls = tools, tool_choice, body.parallel_tool_calls
+    return handle, params, messages, options
+
+
+def _tools_of(body: ChatRequest) -> tuple[list[dict[str, Any]] | None, Any]:
+    """`tools`/`tool_choice`, or the older `functions`/`function_call` mapped onto them."""
+    if body.tools:
+        return body.tools, body.tool_choice
+    if body.functions:
+        choice = body.function_call
+        if isinstance(choice, dict):
+            choice = {"type": "function", "function": {"name": choice.get("name")}}
+        return [{"type": "function", "function": f} for f in body.functions], choice
+    if body.tool_choice not in (None, "none", "auto"):
+        raise HTTPError(400, "tool_choice needs `tools`.", param="tool_choice", code="invalid_value")
+    return None, None

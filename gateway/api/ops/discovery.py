@@ -1,0 +1,56 @@
+"""Discovery and health: what is served, and whether it is ready."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.http.core import HTTPError, Request, Response, Route, json_response
+from gateway.http.security import allows, current_key
+from gateway.models.handle import ModelHandle
+from gateway.observability.redact import scrub
+from schemas.openai import ModelCard, ModelList
+from schemas.ops import Health, Readiness
+
+if TYPE_CHECKING:
+    from gateway.api.context import Gateway
+
+
+def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
+    return ModelCard(id=handle.name, created=gw.started, type=handle.spec.type.value, format=handle.spec.format.value,
+                     state=handle.state.value, aliases=list(handle.spec.aliases),
+                     capabilities=sorted(handle.capabilities), error=scrub(handle.error) if handle.error else None,
+                     replicas=handle.spec.replicas, parallel=handle.spec.parallel, queue_depth=handle.queue_depth(),
+                     running=handle.running, load_seconds=handle.load_seconds)
+
+
+async def list_models(gw: "Gateway", request: Request) -> Response:
+    key = current_key.get()
+    cards = [card(gw, h) for h in gw.pool if allows(key, h.spec.names)]
+    return json_response(ModelList(data=cards, manifest_hash=gw.manifest_hash).model_dump(mode="json"))
+
+
+async def get_model(gw: "Gateway", request: Request) -> Response:
+    handle = gw.pool.get(request.path_params["model"])
+    if handle is None or not allows(current_key.get(), handle.spec.names):
+        raise HTTPError(404, f"The model {request.path_params['model']!r} does not exist.", param="model",
+                        code="model_not_found")
+    return json_response(card(gw, handle).model_dump(mode="json"))
+
+
+async def health(gw: "Gateway", request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(gw: "Gateway", request: Request) -> Response:
+    models = {h.name: h.state.value for h in gw.pool}
+    is_ready = gw.pool.is_ready()
+    return json_response({"ready": is_ready, "manifest_hash": gw.manifest_hash, "models": models},
+                         200 if is_ready else 503)
+
+
+ROUTES = [
+    Route("GET", "/v1/models", None, list_models, response=ModelList),
+    Route("GET", "/v1/models/{model:path}", None, get_model, response=ModelCard),
+    Route("GET", "/health", None, health, response=Health),
+    Route("GET", "/ready", None, ready, response={200: Readiness, 503: Readiness}),
+]
