@@ -43,6 +43,9 @@ def token_logprob(llm: Any, logits: Any, token: int, top: int) -> TokenLogprob:
 
 class LlamaBackend(Backend):
     capabilities = frozenset({"complete", "chat"})
+    # Counting a prompt's tokens (template + tokenizer) needs no decode slot and touches no context:
+    # the gateway may run it beside a generation instead of queueing it behind one.
+    counts_beside = True
 
     def __init__(self, spec: ModelSpec, path: Path, llm: Any):
         super().__init__(spec, path)
