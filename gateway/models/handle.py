@@ -27,6 +27,7 @@ from gateway.models.channel import Channel
 from gateway.models.jobs import Job, deliver, fail, pump, settle
 from gateway.models.state import ModelState, ModelUnavailable, Owner, capabilities_before_load
 from gateway.observability import metrics
+from gateway.observability.prompt_cache import engine_caches
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.gateway.models.handle")
@@ -145,9 +146,11 @@ class ModelHandle:
             settings = self.pool.settings
             spec, path = hub.fetch_model(self.spec, offline=bool(getattr(settings, "offline", False)),
                                          verify=getattr(settings, "verify", "first_load"))
-            self.size_bytes = size_on_disk(path)
+            self.size_bytes = size_on_disk(path) + int(spec.prompt_cache or 0)
             backend = worker.load(spec, path)  # in a worker process if its class asks for one
             self.backends.append(backend)
+            if spec.prompt_cache is None and index == 0:  # the default bound is known now (the model's KV size)
+                self.size_bytes += sum(cache.capacity for cache in engine_caches([backend]))
         except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
             reported(exc)
         else:
@@ -355,6 +358,20 @@ class ModelHandle:
                 future.cancel()  # no-op when answered; otherwise a queued job is skipped
         finally:
             self._release(started, submitted)
+
+    async def call_beside(self, work: Callable[[Backend], Any]) -> Any:
+        """Run `work(backend)` now on a thread of its own, beside the queued and running jobs: for work that
+        needs no decode slot (tokenizing a prompt to count it), on engines that say so (`counts_beside`).
+        Others, and a model not loaded yet, go through `call`."""
+        target = self.current()
+        backend = target.backends[0] if target.state == ModelState.ready and target.backends else None
+        if backend is None or not getattr(backend, "counts_beside", False):
+            return await target.call(work)
+        target.submitted += 1  # an unload waits for it, as for a job
+        try:
+            return await asyncio.to_thread(work, backend)
+        finally:
+            target.submitted -= 1
 
     async def stream(self, work: Callable[[Backend, Callable[[], bool]], Iterator[Any]]) -> AsyncIterator[Any]:
         """Run a generator on a replica thread, yielding its items here as they arrive.

@@ -16,8 +16,13 @@ log = logging.getLogger("nexa.generation")
 
 def caches_of(handle: Any) -> list[Any]:
     """The distinct PromptCaches of a model's loaded engines (replicas share one)."""
+    return engine_caches(list(getattr(handle, "backends", []) or []))
+
+
+def engine_caches(backends: list[Any]) -> list[Any]:
+    """The distinct PromptCaches of these engines (those with `prompt_cache()`; replicas share one)."""
     seen: dict[int, Any] = {}
-    for backend in list(getattr(handle, "backends", []) or []):
+    for backend in backends:
         get = getattr(backend, "prompt_cache", None)
         cache = get() if callable(get) else None
         if cache is not None:
