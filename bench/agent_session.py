@@ -116,7 +116,7 @@ def session(server: Process, size: int, turns: int, max_tokens: int) -> list[lis
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="4000,16000")
-    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--turns", default="5", help="turns per size, one number or one per size (5,3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nctx", type=int, default=32768)
     parser.add_argument("--max-tokens", type=int, default=24)
@@ -143,16 +143,19 @@ def main() -> None:
                             "--port", str(port)], port, ready_path="/health", timeout=600)
         servers["llama-server"] = cpp
     print(machine())
-    print(f"Gemma 3 270M Q4_K_M, nctx {args.nctx}, {args.threads} threads, {args.turns} turns, "
+    print(f"Gemma 3 270M Q4_K_M, nctx {args.nctx}, {args.threads} threads, turns {args.turns}, "
           f"{args.max_tokens} tokens per turn, greedy")
-    for size in (int(s) for s in args.sizes.split(",")):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    turns = [int(t) for t in args.turns.split(",")]
+    turns += [turns[-1]] * (len(sizes) - len(turns))
+    for size, n_turns in zip(sizes, turns):
         for name in args.sides.split(","):
             name = name.strip()
             if name not in servers:
                 continue
             server = servers[name]()
             try:
-                rows = session(server, size, args.turns, args.max_tokens)
+                rows = session(server, size, n_turns, args.max_tokens)
                 peak = proc_mb(server.pids(), "status", "VmHWM:")
             finally:
                 server.stop()
