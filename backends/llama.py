@@ -73,11 +73,8 @@ class LlamaBackend(Backend):
         return self.cache
 
     def close(self) -> None:
-        key, self._cache_key, self.cache = self._cache_key, None, None
-        if key is not None:
-            from backends import prompt_cache
-
-            prompt_cache.release(key)
+        key, cache, self._cache_key, self.cache = self._cache_key, self.cache, None, None
+        llama_cache.close_cache((key, cache) if key is not None else None)
         llm, self.llm = self.llm, None
         if llm is not None:
             llm.close()
@@ -264,6 +261,8 @@ class LlamaBackend(Backend):
                 yield token, (token_logprob(llm, private.last_logits(llm), token, top) if top is not None else None)
         finally:
             tokens.close()
+            if self.cache is not None and self.spec.replicas > 1:  # any replica may get the next turn
+                llama_cache.save_finished(llm.ctx, 0, llm.input_ids[: llm.n_tokens].copy(), self.cache)
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         """The shared token loop (backends/textloop.py) over `sample_tokens`."""

@@ -80,11 +80,12 @@ class BatchEngine:
     """The scheduler: owns the batched context; `submit` is its only entry point from other threads."""
 
     def __init__(self, llm: Any, n_seq: int, n_ctx_seq: int, chunk: int = DEFAULT_CHUNK,
-                 cache: PromptCache | None = None):
+                 cache: PromptCache | None = None, save_finished: bool = False):
         import llama_cpp
 
         self.llm = llm
         self.cache = cache  # the model's host-memory prompt cache (backends/llama_cache.py)
+        self.save_finished = save_finished and cache is not None  # replicas: any of them may get the next turn
         self.n_ctx_seq = n_ctx_seq
         self.chunk = chunk = max(chunk, n_seq)  # one step must hold a token of every sequence
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
@@ -251,6 +252,8 @@ class BatchEngine:
         if slot.request is not None:
             slot.request.out.put(item)
             self.stats.running -= 1
+            if item is _END and self.save_finished:
+                llama_cache.save_finished(self.ctx.ctx, slot.seq, slot.tokens, self.cache)
         slot.request, slot.todo, slot.last = None, [], None
         if slot.sampler is not None:
             slot.sampler.close()
@@ -354,12 +357,10 @@ class BatchedLlamaBackend(LlamaBackend):
         llm = open_llama(path, llama_kwargs(spec, path, n_ctx=32, n_batch=32, n_ubatch=32))
         opened = llama_cache.open_cache(spec, path, llm)
         try:
-            engine = BatchEngine(llm, spec.parallel, spec.nctx, chunk, cache=opened[1] if opened else None)
+            engine = BatchEngine(llm, spec.parallel, spec.nctx, chunk, cache=opened[1] if opened else None,
+                                 save_finished=spec.replicas > 1)
         except BaseException:
-            if opened is not None:
-                from backends import prompt_cache
-
-                prompt_cache.release(opened[0])
+            llama_cache.close_cache(opened)
             llm.close()
             raise
         backend = cls(spec, path, llm, engine)

@@ -52,6 +52,12 @@ def open_cache(spec: ModelSpec, path: Path, llm: Any) -> tuple[tuple, PromptCach
     return key, prompt_cache.acquire(key, capacity(spec, llm))
 
 
+def close_cache(opened: tuple[tuple, PromptCache] | None) -> None:
+    """Let go of a model's cache (`open_cache`'s result); the last replica's release frees it."""
+    if opened is not None:
+        prompt_cache.release(opened[0])
+
+
 def reused(held: int, prompt: int, exact_live: bool) -> int:
     """Prompt tokens `Llama.generate` (llama-cpp-python 0.3.36) will not evaluate again when the context
     holds a `held`-token common prefix: all of them, except that a fully held prompt re-evaluates its
@@ -84,6 +90,15 @@ def prepare_single(llm: Any, cache: PromptCache, prompt: list[int]) -> int:
     cached = reused(keep, len(prompt), exact)
     cache.count(prompt=len(prompt), cached=cached, restored=restored)
     return cached
+
+
+def save_finished(ctx: Any, seq: int, tokens: Any, cache: PromptCache) -> None:
+    """With `replicas`, a conversation's next turn may go to another replica, whose context never held it:
+    a finished sequence is saved at once (not only when its own context replaces it), so any replica can
+    restore it. Skipped when short or when an entry already holds these tokens (a restored, unextended one)."""
+    if cache.save_worthwhile(tokens, 0):
+        data, size = prompt_cache.save_state(ctx, seq)
+        cache.put(tokens, data, size)
 
 
 def prepare_slot(ctx: Any, seq: int, held: list[int], keep: int, cache: PromptCache,
