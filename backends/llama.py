@@ -53,6 +53,7 @@ class LlamaBackend(Backend):
         self._formatter = None
         self.cache = None  # the model's prompt cache (backends/prompt_cache.py); text models only
         self._cache_key: tuple | None = None
+        self._held_prompt = 0  # the prompt length of the request whose KV the context holds
 
     @classmethod
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
@@ -238,7 +239,8 @@ class LlamaBackend(Backend):
         overrides only this."""
         llm = self.llm
         if self.cache is not None:
-            prefill.cached_tokens = llama_cache.prepare_single(llm, self.cache, prompt_tokens)
+            prefill.cached_tokens = llama_cache.prepare_single(llm, self.cache, prompt_tokens, self._held_prompt)
+            self._held_prompt = len(prompt_tokens)
         started = time.perf_counter()
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
         tokens = llm.generate(
@@ -262,7 +264,10 @@ class LlamaBackend(Backend):
         finally:
             tokens.close()
             if self.cache is not None and self.spec.replicas > 1:  # any replica may get the next turn
-                llama_cache.save_finished(llm.ctx, 0, llm.input_ids[: llm.n_tokens].copy(), self.cache)
+                live = llm.input_ids[: llm.n_tokens].copy()
+                held = llama_cache.save_finished(llm.ctx, 0, live, len(prompt_tokens), self.cache)
+                if len(held) < len(live):
+                    private.adopt_tokens(llm, held)
 
     def generate(self, prompt_tokens: list[int], params: SamplingParams, cancelled: Cancelled) -> Iterator[Delta]:
         """The shared token loop (backends/textloop.py) over `sample_tokens`."""

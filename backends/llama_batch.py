@@ -74,6 +74,7 @@ class Slot:
         self.last: int | None = None  # sampled, not yet evaluated
         self.generated = 0
         self.used = 0.0
+        self.prompt_len = 0  # the prompt length of the request whose KV the sequence holds
 
 
 class BatchEngine:
@@ -212,7 +213,7 @@ class BatchEngine:
         restored = None
         if self.cache is not None:  # save what the slot held if it is about to go; restore a longer prefix
             found, restored = llama_cache.prepare_slot(self.ctx.ctx, slot.seq, slot.tokens, max(keep, shared),
-                                                       self.cache, prompt)
+                                                       self.cache, prompt, slot.prompt_len)
             if restored is not None:
                 slot.tokens, keep, shared = restored, min(found, len(prompt) - 1), 0
         if restored is not None:
@@ -225,7 +226,7 @@ class BatchEngine:
         elif not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
             keep = 0
-        slot.tokens = prompt[:keep]
+        slot.tokens, slot.prompt_len = prompt[:keep], len(prompt)
         slot.todo = prompt[keep:]
         slot.last, slot.generated = None, 0
         slot.request, slot.used = request, time.monotonic()
@@ -253,7 +254,8 @@ class BatchEngine:
             slot.request.out.put(item)
             self.stats.running -= 1
             if item is _END and self.save_finished:
-                llama_cache.save_finished(self.ctx.ctx, slot.seq, slot.tokens, self.cache)
+                slot.tokens = list(llama_cache.save_finished(self.ctx.ctx, slot.seq, slot.tokens, slot.prompt_len,
+                                                             self.cache))
         slot.request, slot.todo, slot.last = None, [], None
         if slot.sampler is not None:
             slot.sampler.close()

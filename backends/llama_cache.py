@@ -20,6 +20,8 @@ from backends import prompt_cache
 from backends.prompt_cache import PromptCache, common_prefix
 from schemas.manifest import ModelSpec, ModelType
 
+SWA_SLACK = 16  # tokens a sliding-window model's entry stops short of its prompt (see `save`)
+
 
 def cache_key(spec: ModelSpec, path: Path) -> tuple:
     """What a saved state depends on: the model file and the context settings (replicas share a cache)."""
@@ -48,8 +50,12 @@ def open_cache(spec: ModelSpec, path: Path, llm: Any) -> tuple[tuple, PromptCach
     None for engines whose prompts are not plain token sequences (vision)."""
     if spec.type != ModelType.NLP:
         return None
+    import llama_cpp
+
     key = cache_key(spec, path)
-    return key, prompt_cache.acquire(key, capacity(spec, llm))
+    cache = prompt_cache.acquire(key, capacity(spec, llm))
+    cache.n_swa = int(llama_cpp.llama_model_n_swa(llm.model))  # sliding-window attention: see `save`
+    return key, cache
 
 
 def close_cache(opened: tuple[tuple, PromptCache] | None) -> None:
@@ -67,23 +73,24 @@ def reused(held: int, prompt: int, exact_live: bool) -> int:
     return prompt if exact_live else prompt - 1
 
 
-def prepare_single(llm: Any, cache: PromptCache, prompt: list[int]) -> int:
-    """Before `Llama.generate(prompt)`: save the live sequence if it is about to be replaced, restore the
-    best entry if worth it. Returns the prompt tokens that will not be evaluated (cached tokens)."""
+def prepare_single(llm: Any, cache: PromptCache, prompt: list[int], boundary: int) -> int:
+    """Before `Llama.generate(prompt)`: save the live sequence if it is about to be replaced (its last
+    request's prompt was `boundary` tokens), restore the best entry if worth it. Returns the prompt tokens
+    that will not be evaluated (cached tokens)."""
     live = llm.input_ids[: llm.n_tokens].copy()
     keep = common_prefix(live, prompt)
-    if cache.save_worthwhile(live, keep):
-        data, size = prompt_cache.save_state(llm.ctx, 0)
-        cache.put(live, data, size)
+    saved = save(llm.ctx, 0, live, keep, boundary, cache)
+    if saved is not None and len(saved) < len(live):  # trimmed to its prompt (sliding-window models)
+        private.adopt_tokens(llm, saved)
     entry, length = cache.best(prompt, keep)
     restored = False
     if entry is not None:
         started = time.perf_counter()
-        if prompt_cache.restore_state(llm.ctx, 0, entry):
+        if restore(llm.ctx, 0, entry, min(length, len(prompt) - 1), cache):
             private.adopt_tokens(llm, entry.tokens)
             cache.observe_restore(entry.size, time.perf_counter() - started)
             keep, restored = length, True
-        else:  # llama.cpp refused the state: the sequence is empty now, and so is what the Llama believes
+        else:  # the sequence is empty now, and so is what the Llama believes
             private.adopt_tokens(llm, [])
             keep = 0
     exact = llm.n_tokens == len(prompt) and not private.needs_eval(llm)
@@ -92,29 +99,64 @@ def prepare_single(llm: Any, cache: PromptCache, prompt: list[int]) -> int:
     return cached
 
 
-def save_finished(ctx: Any, seq: int, tokens: Any, cache: PromptCache) -> None:
+def save(ctx: Any, seq: int, tokens: Any, keep: int, boundary: int, cache: PromptCache) -> Any:
+    """Save sequence `seq` (holding `tokens`, of which the next prompt keeps `keep`) if worth it; returns
+    the tokens saved, or None. A sliding-window model's state holds only the window's last cells, so its
+    entry could only continue from its very end, while a conversation's next turn usually rewrites the end
+    of the last one (the answer's own tokens): the sequence is first cut back to the last prompt, less a
+    few tokens of slack (SWA_SLACK), which a next turn does extend."""
+    if cache.n_swa:
+        cut = min(len(tokens), boundary) - SWA_SLACK
+        if cut <= keep or not cache.save_worthwhile(tokens[:cut], keep):
+            return None
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), seq, cut, -1)
+        tokens = tokens[:cut]
+    elif not cache.save_worthwhile(tokens, keep):
+        return None
+    data, size = prompt_cache.save_state(ctx, seq)
+    cache.put(tokens, data, size)
+    return tokens
+
+
+def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bool:
+    """Restore `entry` into `seq` to continue after its first `keep` tokens. A sliding-window model needs the
+    window's cells before position `keep`: if the state lacks them (llama.cpp's own server applies this
+    rule), the sequence is cleared and the entry marked, and the prompt is prefilled."""
+    if not prompt_cache.restore_state(ctx, seq, entry):
+        return False
+    if cache.n_swa:
+        import llama_cpp
+
+        memory = llama_cpp.llama_get_memory(ctx)
+        entry.pos_min = llama_cpp.llama_memory_seq_pos_min(memory, seq)
+        if entry.pos_min > max(0, keep - cache.n_swa):
+            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+            return False
+    return True
+
+
+def save_finished(ctx: Any, seq: int, tokens: Any, boundary: int, cache: PromptCache) -> Any:
     """With `replicas`, a conversation's next turn may go to another replica, whose context never held it:
     a finished sequence is saved at once (not only when its own context replaces it), so any replica can
-    restore it. Skipped when short or when an entry already holds these tokens (a restored, unextended one)."""
-    if cache.save_worthwhile(tokens, 0):
-        data, size = prompt_cache.save_state(ctx, seq)
-        cache.put(tokens, data, size)
+    restore it. Returns the tokens the sequence holds afterwards (cut back for sliding-window models)."""
+    saved = save(ctx, seq, tokens, 0, boundary, cache)
+    return saved if saved is not None else tokens
 
 
 def prepare_slot(ctx: Any, seq: int, held: list[int], keep: int, cache: PromptCache,
-                 prompt: list[int]) -> tuple[int, list[int] | None]:
-    """A batched slot whose sequence `seq` holds `held` is about to keep its first `keep` tokens (or a
-    longer prefix copied from another slot) for `prompt`. Saves what it held if worth it, then restores
-    the best entry if it beats `keep`: returns (prefix now usable, the tokens the sequence holds after a
-    restore, or None when nothing was restored)."""
-    if cache.save_worthwhile(held, common_prefix(held, prompt)):
-        data, size = prompt_cache.save_state(ctx, seq)
-        cache.put(held, data, size)
+                 prompt: list[int], boundary: int) -> tuple[int, list[int] | None]:
+    """A batched slot whose sequence `seq` holds `held` (its last prompt `boundary` tokens) is about to keep
+    its first `keep` tokens (or a longer prefix copied from another slot) for `prompt`. Saves what it held
+    if worth it, then restores the best entry if it beats `keep`: returns (prefix now usable, the tokens
+    the sequence holds after a restore, or None when nothing was restored)."""
+    save(ctx, seq, held, common_prefix(held, prompt), boundary, cache)
     entry, length = cache.best(prompt, keep)
     if entry is None:
         return keep, None
     started = time.perf_counter()
-    if not prompt_cache.restore_state(ctx, seq, entry):
+    if not restore(ctx, seq, entry, min(length, len(prompt) - 1), cache):
         return 0, []
     cache.observe_restore(entry.size, time.perf_counter() - started)
     return length, [int(t) for t in entry.tokens]

@@ -66,6 +66,7 @@ class Entry:
     data: Any  # a ctypes uint8 array: llama_state_seq_get_data's output
     size: int
     used: float = field(default_factory=time.monotonic)
+    pos_min: int | None = None  # sliding-window models: the first position its state holds (known once restored)
 
 
 class PromptCache:
@@ -77,6 +78,7 @@ class PromptCache:
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # least recently used first
         self._bytes = 0
         self._lock = threading.Lock()
+        self.n_swa = 0  # the model's sliding window (0: none); set by the engine
         self.prefill_s_per_token = PREFILL_S_PER_TOKEN
         self.restore_s_per_byte = RESTORE_S_PER_BYTE
 
@@ -112,6 +114,8 @@ class PromptCache:
             found, length = None, 0
             for entry in self._entries.values():
                 n = common_prefix(entry.tokens, prompt)
+                if self.n_swa and entry.pos_min is not None and entry.pos_min > max(0, n - 1 - self.n_swa):
+                    continue  # a sliding-window state lacks the cells this prefix would need
                 if n > length or (n == length and found is not None and entry.size < found.size):
                     found, length = entry, n
             gain = length - have

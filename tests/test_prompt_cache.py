@@ -194,3 +194,42 @@ def test_the_default_bound_is_one_context_of_kv(smollm2_path):
         assert backend.info()["prompt_cache"]["capacity_bytes"] == 2048 * per_token
     finally:
         backend.close()
+
+
+def test_a_sliding_window_model_restores_only_what_its_state_can_continue(gemma_path):
+    """Gemma 3 attends over a 512-token window in most layers, and a saved state keeps only the window's
+    last cells: an entry is cut back to its prompt before it is saved, a next turn extending it is
+    restored (and answers as the live context does), and a prompt keeping only an early part of it is
+    prefilled instead of being continued from a state that lacks the cells it needs."""
+    from backends.registry import backend_for
+
+    def load(bound):
+        spec = ModelSpec(name=f"gemma-{bound}", source=str(gemma_path), nctx=2048, n_threads=2, device="cpu",
+                         prompt_cache=bound)
+        return backend_for(spec).load(spec, gemma_path)
+
+    def run(backend, tokens):
+        deltas = list(backend.complete(tokens, GREEDY, lambda: False))
+        return "".join(d.text for d in deltas), deltas[-1].usage
+
+    cached, plain = load("256MiB"), load(0)
+    try:
+        base = cached.tokenize("The river valley: " + " ".join(f"In {1000 + i} Ardel built bridge {i}." for i in range(70)))
+        turn = base + cached.tokenize(" Then the town", add_bos=False)
+        side = cached.tokenize("A recipe for bread: " + "flour, water, salt, yeast. " * 20)
+        assert len(base) > 600 and cached.prompt_cache().n_swa > 0
+        run(cached, base)
+        run(cached, side)  # the conversation is saved, cut back to its prompt
+        restored, usage = run(cached, turn)
+        assert cached.prompt_cache().stats.hits == 1
+        assert usage.cached_tokens >= len(base) - 2 * 16
+        run(plain, base)
+        live, _ = run(plain, turn)
+        assert restored == live
+        run(cached, side)  # (restored from its own entry: a hit)
+        hits = cached.prompt_cache().stats.hits
+        _, partial = run(cached, base[:200] + side[1:])  # keeps 200 tokens of an entry of 600+: not continued
+        assert cached.prompt_cache().stats.hits == hits and partial.cached_tokens < 200
+    finally:
+        cached.close()
+        plain.close()
