@@ -59,11 +59,12 @@ def run_together(calls: list) -> list:
 
 @pytest.fixture(scope="module")
 def engines(smollm2_path: Path):
-    from backends.llama import LlamaBackend
+    from backends.registry import backend_for
     from schemas.manifest import ModelSpec
 
-    solo = LlamaBackend.load(ModelSpec(name="solo", **MODEL), smollm2_path)
-    batched = LlamaBackend.load(ModelSpec(name="batched", parallel=4, **MODEL), smollm2_path)
+    solo_spec, batched_spec = ModelSpec(name="solo", **MODEL), ModelSpec(name="batched", parallel=4, **MODEL)
+    solo = backend_for(solo_spec).load(solo_spec, smollm2_path)  # the engines the registry picks
+    batched = backend_for(batched_spec).load(batched_spec, smollm2_path)
     yield solo, batched
     batched.close()
     solo.close()

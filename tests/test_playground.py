@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from gateway.api import playground
+from gateway.api.ops import playground
 from gateway.http.core import HTTPError, Request
 from tests.conftest import ROOT, Server, fetch_catalog, wait_for, write_manifest
 from tests.speech import DETERMINISTIC, ENGLISH, speak

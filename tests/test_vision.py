@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from backends import mmproj as projector
-from backends.base import SamplingParams
+from backends.base import ChatOptions, SamplingParams
 from backends.errors import BackendError, LoadError
 from gateway.manifest.load import ManifestError, build
 from schemas.manifest import ModelSpec
@@ -288,7 +288,7 @@ def test_tool_calls_work_with_images(backend):
         "type": "object", "properties": {"c": {"type": "string", "enum": ["black", "white"]}}, "required": ["c"]}}}]
     deltas = list(backend.chat(user("Which colour?", data_url(png("black"))),
                                SamplingParams(max_tokens=100, temperature=0), lambda: False,
-                               tools=tools, tool_choice="required"))
+                               ChatOptions(tools=tools, tool_choice="required")))
     last = deltas[-1]
     assert last.finish_reason == "tool_calls"
     assert last.tool_calls[0]["function"]["name"] == "colour"
