@@ -57,8 +57,9 @@ class Usage:
     # entry), not evaluated: what clients see as cached tokens.
     cached_tokens: int = 0
     # Engine time to the first sampled token (prefill) and from it to the end (decode), for the log line.
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
+    # (timings, not counts: two usages are equal whatever they took)
+    prefill_seconds: float = field(default=0.0, compare=False)
+    decode_seconds: float = field(default=0.0, compare=False)
 
     @property
     def total_tokens(self) -> int:
