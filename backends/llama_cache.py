@@ -11,6 +11,7 @@ request into a free slot, with the same two steps on that slot's sequence.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from backends import llama_private as private
 from backends import prompt_cache
 from backends.prompt_cache import PromptCache, common_prefix
 from schemas.manifest import ModelSpec, ModelType
+
+log = logging.getLogger("nexa.backends.prompt_cache")
 
 SWA_SLACK = 16  # tokens a sliding-window model's entry stops short of its prompt (see `save`)
 
@@ -125,6 +128,8 @@ def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bo
     window's cells before position `keep`: if the state lacks them (llama.cpp's own server applies this
     rule), the sequence is cleared and the entry marked, and the prompt is prefilled."""
     if not prompt_cache.restore_state(ctx, seq, entry):
+        log.warning("prompt cache: llama.cpp refused a %d-token state; prefilling instead", len(entry.tokens),
+                    extra={"event": "prompt_cache_refused", "tokens": len(entry.tokens)})
         return False
     if cache.n_swa:
         import llama_cpp
@@ -132,6 +137,9 @@ def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bo
         memory = llama_cpp.llama_get_memory(ctx)
         entry.pos_min = llama_cpp.llama_memory_seq_pos_min(memory, seq)
         if entry.pos_min > max(0, keep - cache.n_swa):
+            log.info("prompt cache: a %d-token state starts at position %d, too late to continue after %d tokens "
+                     "(sliding window %d); prefilling instead", len(entry.tokens), entry.pos_min, keep, cache.n_swa,
+                     extra={"event": "prompt_cache_window", "tokens": len(entry.tokens), "pos_min": entry.pos_min})
             llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
             return False
     return True
