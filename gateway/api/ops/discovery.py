@@ -27,7 +27,8 @@ def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
 def prompt_cache_fields(handle: ModelHandle) -> dict:
     """GGUF text models: the prompt cache's bound (the manifest's, else the loaded engine's default) and use."""
     cache = next(iter(caches_of(handle)), None)
-    bound = handle.spec.prompt_cache if handle.spec.prompt_cache is not None else (cache.capacity if cache else None)
+    declared = getattr(handle.spec, "prompt_cache", None)
+    bound = declared if declared is not None else (cache.capacity if cache else None)
     if bound is None and cache is None:
         return {}
     return {"prompt_cache_bytes": int(bound) if bound is not None else None,
