@@ -53,6 +53,13 @@ class ChatOptions:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Prompt tokens whose KV came from a cache (a live sequence's prefix or a restored prompt-cache
+    # entry), not evaluated: what clients see as cached tokens.
+    cached_tokens: int = 0
+    # Engine time to the first sampled token (prefill) and from it to the end (decode), for the log line.
+    # (timings, not counts: two usages are equal whatever they took)
+    prefill_seconds: float = field(default=0.0, compare=False)
+    decode_seconds: float = field(default=0.0, compare=False)
 
     @property
     def total_tokens(self) -> int:
@@ -78,6 +85,9 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[dict] | None = None
     stop_sequence: str | None = None  # which stop sequence ended generation, if one did
+    # Tool calls as they are generated (backends/tool_stream.py CallEvents: a call's start, then its
+    # arguments' fragments); the last Delta's `tool_calls` then hold the same ids and arguments.
+    tool_call_deltas: list[Any] | None = None
 
 
 class Backend:
@@ -126,6 +136,8 @@ class Backend:
     # engine that sets `tokenizes_beside_generation` lets the gateway run them on another thread while
     # a generation runs (no decode slot, no queue).
     tokenizes_beside_generation: ClassVar[bool] = False
+    # The same for `count_chat` (False where counting evaluates images through the model's context).
+    counts_beside: ClassVar[bool] = False
 
     def tokenize_text(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         """Token ids of `text`; `add_special` adds what the tokenizer adds to a prompt (BOS),

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from backends import json_grammar, textloop
+from backends import json_grammar, llama_cache, textloop
 from backends import llama_private as private
 from backends import tools as tools_mod
 from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams, TokenLogprob, Usage
 from backends.chat_template import CHATML_TEMPLATE, rendering
 from backends.errors import BackendError, LoadError
 from backends.llama_load import gguf_file, llama_kwargs, open_llama
+from backends.tool_stream import CallStream
 from schemas.manifest import ModelSpec
 
 
@@ -41,31 +43,54 @@ def token_logprob(llm: Any, logits: Any, token: int, top: int) -> TokenLogprob:
 
 class LlamaBackend(Backend):
     capabilities = frozenset({"complete", "chat"})
+    # Counting a prompt's tokens (template + tokenizer) needs no decode slot and touches no context:
+    # the gateway may run it beside a generation instead of queueing it behind one.
+    counts_beside = True
 
     def __init__(self, spec: ModelSpec, path: Path, llm: Any):
         super().__init__(spec, path)
         self.llm = llm
         self._formatter = None
         self._generating = False  # a request's tokens hold the context (kv_cells)
+        self.cache = None  # the model's prompt cache (backends/prompt_cache.py); text models only
+        self._cache_key: tuple | None = None
+        self._held_prompt = 0  # the prompt length of the request whose KV the context holds
 
     @classmethod
     def load(cls, spec: ModelSpec, path: Path) -> "LlamaBackend":
         if importlib.util.find_spec("llama_cpp") is None:
             raise LoadError("llama-cpp-python is not installed")
         path = gguf_file(path)
-        return cls(spec, path, open_llama(path, llama_kwargs(spec, path)))
+        backend = cls(spec, path, open_llama(path, llama_kwargs(spec, path)))
+        backend.attach_cache()
+        return backend
+
+    def attach_cache(self) -> None:
+        opened = llama_cache.open_cache(self.spec, self.path, self.llm)
+        if opened is not None:
+            self._cache_key, self.cache = opened
+
+    def prompt_cache(self) -> Any:
+        """The model's PromptCache (shared by its replicas), for /metrics and /v1/models; None if none."""
+        return self.cache
 
     def close(self) -> None:
+        key, cache, self._cache_key, self.cache = self._cache_key, self.cache, None, None
+        llama_cache.close_cache((key, cache) if key is not None else None)
         llm, self.llm = self.llm, None
         if llm is not None:
             llm.close()
 
     def info(self) -> dict[str, Any]:
-        return {
+        info = {
             "n_ctx": self.llm.n_ctx(),
             "chat_template": "tokenizer.chat_template" in self.llm.metadata,
             "architecture": self.llm.metadata.get("general.architecture"),
         }
+        if self.cache is not None:
+            info["prompt_cache"] = {"capacity_bytes": self.cache.capacity, "bytes": self.cache.bytes,
+                                    "entries": len(self.cache)}
+        return info
 
     # -- prompts -------------------------------------------------------------
 
@@ -159,6 +184,7 @@ class LlamaBackend(Backend):
         """Generate the call(s) under `grammar` (built from the tools' schemas), after the call marker."""
         marker = self.tokenize(tools_mod.MARKER, add_bos=False, special=False)
         text, last, repeated = "", None, False
+        stream, held = CallStream(), []  # held: events of a second or later call, sent once it is complete
 
         def stop() -> bool:  # a repeated call ends the turn (parse_calls drops the repeat)
             return repeated or cancelled()
@@ -169,16 +195,31 @@ class LlamaBackend(Backend):
             last = delta
             if "}" in delta.text:  # a call may have just closed
                 repeated = tools_mod.repeats_a_call(text)
-        usage = Usage(len(prompt), spent + (last.usage.completion_tokens if last and last.usage else 0))
+            events = stream.feed(delta.text)
+            ready = [e for e in events if e.index == 0]  # the first call streams as it is written
+            held += [e for e in events if e.index > 0]
+            if repeated:
+                held = []  # the call that just closed repeats an earlier one: it is dropped, never sent
+            elif held:
+                complete = tools_mod.complete_calls(text)
+                ready += [e for e in held if e.index < complete]
+                held = [e for e in held if e.index >= complete]
+            if ready:
+                yield Delta(tool_call_deltas=ready)
+        done = last.usage if last and last.usage else Usage()
+        usage = Usage(len(prompt), spent + done.completion_tokens, cached_tokens=min(done.cached_tokens, len(prompt)),
+                      prefill_seconds=done.prefill_seconds, decode_seconds=done.decode_seconds)
         if last is not None and last.finish_reason == "cancelled" and not repeated:
             yield Delta(finish_reason="cancelled", usage=usage)
             return
         if last is not None and last.finish_reason == "length" and not repeated and not tools_mod.complete_calls(text):
             # The budget ran out inside the only call: OpenAI's "length", with the call as far as it got.
             # (After complete calls, a cut one is dropped and the complete ones are the answer.)
-            yield Delta(finish_reason="length", usage=usage, tool_calls=tools_mod.partial_calls(text) or None)
+            calls = tools_mod.streamed_calls(text, stream.ids, stream.raw, partial=True)
+            yield Delta(finish_reason="length", usage=usage, tool_calls=calls or None)
             return
-        yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=tools_mod.parse_calls(text))
+        yield Delta(finish_reason="tool_calls", usage=usage, tool_calls=tools_mod.streamed_calls(text, stream.ids,
+                                                                                                 stream.raw))
 
     def _auto(self, prompt: list[int], grammar: str, params: SamplingParams,
               cancelled: Cancelled) -> Iterator[Delta]:
@@ -201,8 +242,11 @@ class LlamaBackend(Backend):
         spent = final.usage.completion_tokens if final.usage else 0
         before = self.tokenize(content, add_bos=False) if content else []
         for delta in self._tool_call(prompt + before, grammar, params, cancelled, spent=spent):
-            if delta.usage:
-                delta.usage.prompt_tokens = len(prompt)
+            if delta.usage and final.usage:  # the prompt's numbers are the first part's; the call's time is decoding
+                first, usage = final.usage, delta.usage
+                usage.decode_seconds += usage.prefill_seconds + first.decode_seconds
+                usage.prompt_tokens, usage.cached_tokens = len(prompt), first.cached_tokens
+                usage.prefill_seconds = first.prefill_seconds
             yield delta
 
 
@@ -211,10 +255,15 @@ class LlamaBackend(Backend):
         return self.llm.n_ctx()
 
     def sample_tokens(self, prompt_tokens: list[int], params: SamplingParams, grammar: Any, budget: int,
-                      cancelled: Cancelled) -> Iterator[tuple[int, TokenLogprob | None]]:
-        """The engine's side of `generate`: sampled tokens, each with its logprob when asked for.
-        The batched engine (backends/llama_batch.py) overrides only this."""
+                      cancelled: Cancelled, prefill: textloop.Prefill) -> Iterator[tuple[int, TokenLogprob | None]]:
+        """The engine's side of `generate`: sampled tokens, each with its logprob when asked for, and
+        in `prefill` the prompt tokens taken from a cache. The batched engine (backends/llama_batch.py)
+        overrides only this."""
         llm = self.llm
+        if self.cache is not None:
+            prefill.cached_tokens = llama_cache.prepare_single(llm, self.cache, prompt_tokens, self._held_prompt)
+            self._held_prompt = len(prompt_tokens)
+        started = time.perf_counter()
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
         tokens = llm.generate(
             prompt_tokens,
@@ -229,12 +278,20 @@ class LlamaBackend(Backend):
         )
         self._generating = True
         try:
-            for token in tokens:
+            for i, token in enumerate(tokens):
+                if i == 0 and self.cache is not None:
+                    self.cache.observe_prefill(len(prompt_tokens) - prefill.cached_tokens,
+                                               time.perf_counter() - started)
                 top = params.logprobs
                 yield token, (token_logprob(llm, private.last_logits(llm), token, top) if top is not None else None)
         finally:
             self._generating = False
             tokens.close()
+            if self.cache is not None and self.spec.replicas > 1:  # any replica may get the next turn
+                live = llm.input_ids[: llm.n_tokens].copy()
+                held = llama_cache.save_finished(llm.ctx, 0, live, len(prompt_tokens), self.cache)
+                if len(held) < len(live):
+                    private.adopt_tokens(llm, held)
 
     def kv_cells(self) -> tuple[int, int]:
         """(cells in use, cells) of the context, read by /metrics from another thread.
@@ -260,11 +317,12 @@ class LlamaBackend(Backend):
             grammar = llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
         vocab = private.vocab(llm)
         piece = lambda token, before: llm.detokenize([token], prev_tokens=before)  # noqa: E731
+        prefill = textloop.Prefill()
         yield from textloop.run(
-            prompt_tokens, self.sample_tokens(prompt_tokens, params, grammar, budget, cancelled),
+            prompt_tokens, self.sample_tokens(prompt_tokens, params, grammar, budget, cancelled, prefill),
             is_end=lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
             detokenizer=textloop.ByteDetokenizer(piece, prompt_tokens), stop=params.stop, budget=budget,
-            cancelled=cancelled)
+            cancelled=cancelled, prefill=prefill)
 
 
 def _templated(messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> tuple[str, list[dict], list[dict]]:

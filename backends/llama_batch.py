@@ -11,7 +11,9 @@ templates, tools, grammars, stop sequences, logprob text, usage) is `LlamaBacken
 The context holds `parallel × nctx` tokens as one KV stream of `nctx` per sequence. A slot keeps
 its last prompt's KV when it frees; a new prompt goes to the free slot sharing its longest prefix,
 and a longer prefix held by any other slot (a common system prompt) is copied from that slot's
-stream (`llama_memory_seq_cp`) instead of being evaluated again.
+stream (`llama_memory_seq_cp`) instead of being evaluated again. A slot's state about to be replaced
+goes to the model's host-memory prompt cache, and a cached state sharing a longer prefix is restored
+into the slot instead (backends/llama_cache.py).
 """
 
 from __future__ import annotations
@@ -25,41 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from backends import llama_cache
 from backends import llama_private as private
 from backends.base import Cancelled, SamplingParams, TokenLogprob
+from backends.batch_stats import BATCH_BUCKETS, BatchStats  # noqa: F401 (their old home)
 from backends.errors import BackendError, LoadError
 from backends.llama import LlamaBackend, token_logprob
 from backends.llama_load import gguf_file, llama_kwargs, open_llama
+from backends.prompt_cache import PromptCache, common_prefix
+from backends.textloop import Prefill
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.backends.llama_batch")
 
 DEFAULT_CHUNK = 512  # tokens per decode step (generating slots first, then prompt chunks)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 MIN_SHARED = 32  # prompt tokens worth waiting for another slot's prefill to copy (see _worth_waiting)
 _END = object()
-
-
-@dataclass
-class BatchStats:
-    """Counters read by /metrics at scrape time (gateway/observability/metrics.py)."""
-
-    running: int = 0
-    steps: int = 0
-    batch_counts: dict[int, int] = field(default_factory=lambda: {b: 0 for b in BATCH_BUCKETS})
-    batch_sum: int = 0  # sequences decoded, summed over steps
-    prompt_tokens: int = 0
-    reused_tokens: int = 0  # prompt tokens whose KV was already there (prefix reuse)
-    requests: int = 0
-    prefix_hits: int = 0  # requests that reused at least one token
-
-    def observe_batch(self, size: int) -> None:
-        self.steps += 1
-        self.batch_sum += size
-        for bucket in BATCH_BUCKETS:
-            if size <= bucket:
-                self.batch_counts[bucket] += 1
-                break
 
 
 @dataclass(eq=False)
@@ -72,6 +55,7 @@ class SeqRequest:
     budget: int
     cancelled: Cancelled
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    prefill: Prefill = field(default_factory=Prefill)  # cached tokens, set at admission
     abandoned: bool = False  # the consumer stopped reading (a stop sequence, an error)
 
     def gone(self) -> bool:
@@ -90,19 +74,19 @@ class Slot:
         self.last: int | None = None  # sampled, not yet evaluated
         self.generated = 0
         self.used = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        self.prompt_len = 0  # the prompt length of the request whose KV the sequence holds
 
 
 class BatchEngine:
     """The scheduler: owns the batched context; `submit` is its only entry point from other threads."""
 
-    def __init__(self, llm: Any, n_seq: int, n_ctx_seq: int, chunk: int = DEFAULT_CHUNK):
+    def __init__(self, llm: Any, n_seq: int, n_ctx_seq: int, chunk: int = DEFAULT_CHUNK,
+                 cache: PromptCache | None = None, save_finished: bool = False):
         import llama_cpp
 
         self.llm = llm
+        self.cache = cache  # the model's host-memory prompt cache (backends/llama_cache.py)
+        self.save_finished = save_finished and cache is not None  # replicas: any of them may get the next turn
         self.n_ctx_seq = n_ctx_seq
         self.chunk = chunk = max(chunk, n_seq)  # one step must hold a token of every sequence
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
@@ -237,7 +221,15 @@ class BatchEngine:
                     default=None)
         shared = common_prefix(donor.tokens, prompt) if donor is not None else 0
         keep, shared = min(keep, len(prompt) - 1), min(shared, len(prompt) - 1)  # the last one makes the logits
-        if shared > keep:  # another sequence holds a longer prefix (a common system prompt): copy its stream
+        restored = None
+        if self.cache is not None:  # save what the slot held if it is about to go; restore a longer prefix
+            found, restored = llama_cache.prepare_slot(self.ctx.ctx, slot.seq, slot.tokens, max(keep, shared),
+                                                       self.cache, prompt, slot.prompt_len)
+            if restored is not None:
+                slot.tokens, keep, shared = restored, min(found, len(prompt) - 1), 0
+        if restored is not None:
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
+        elif shared > keep:  # another sequence holds a longer prefix (a common system prompt): copy its stream
             # (across streams llama.cpp copies whole streams, so -1, -1; the tail is dropped right after)
             llama_cpp.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, -1, -1)
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, shared, -1)
@@ -245,7 +237,7 @@ class BatchEngine:
         elif not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
             keep = 0
-        slot.tokens = prompt[:keep]
+        slot.tokens, slot.prompt_len = prompt[:keep], len(prompt)
         slot.todo = prompt[keep:]
         slot.last, slot.generated = None, 0
         slot.request, slot.used = request, time.monotonic()
@@ -255,6 +247,9 @@ class BatchEngine:
         self.stats.prompt_tokens += len(prompt)
         self.stats.reused_tokens += keep
         self.stats.prefix_hits += keep > 0
+        request.prefill.cached_tokens = keep
+        if self.cache is not None:
+            self.cache.count(prompt=len(prompt), cached=keep, restored=restored is not None and keep > 0)
 
     def _sampler(self, request: SeqRequest) -> Any:
         """The sampler chain `Llama.generate` would build for these parameters (penalties, grammar,
@@ -269,6 +264,9 @@ class BatchEngine:
         if slot.request is not None:
             slot.request.out.put(item)
             self.stats.running -= 1
+            if item is _END and self.save_finished:
+                slot.tokens = list(llama_cache.save_finished(self.ctx.ctx, slot.seq, slot.tokens, slot.prompt_len,
+                                                             self.cache))
         slot.request, slot.todo, slot.last = None, [], None
         if slot.sampler is not None:
             slot.sampler.close()
@@ -304,6 +302,7 @@ class BatchEngine:
                 fed.append((slot, [slot.last]))
                 outputs.append((slot, n))
                 n += 1
+        generating = n
         for slot in sorted((s for s in active if s.todo), key=lambda s: s.used):
             take = min(len(slot.todo), self.chunk - n)
             if take <= 0:
@@ -318,9 +317,12 @@ class BatchEngine:
                 n += 1
             fed.append((slot, part))
         batch.n_tokens = n
+        started = time.perf_counter()
         code = llama_cpp.llama_decode(self.ctx.ctx, batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
+        if self.cache is not None and generating == 0:  # a step of prompt work only: the prefill rate
+            self.cache.observe_prefill(n, time.perf_counter() - started)
         self.stats.observe_batch(len(fed))
         for slot, part in fed:
             slot.tokens.extend(part)
@@ -366,12 +368,18 @@ class BatchedLlamaBackend(LlamaBackend):
         chunk = int(spec.options.get("n_batch", DEFAULT_CHUNK))
         # the Llama object only tokenizes and holds the model; the engine's context is the batched one
         llm = open_llama(path, llama_kwargs(spec, path, n_ctx=32, n_batch=32, n_ubatch=32))
+        opened = llama_cache.open_cache(spec, path, llm)
         try:
-            engine = BatchEngine(llm, spec.parallel, spec.nctx, chunk)
+            engine = BatchEngine(llm, spec.parallel, spec.nctx, chunk, cache=opened[1] if opened else None,
+                                 save_finished=spec.replicas > 1)
         except BaseException:
+            llama_cache.close_cache(opened)
             llm.close()
             raise
-        return cls(spec, path, llm, engine)
+        backend = cls(spec, path, llm, engine)
+        if opened is not None:
+            backend._cache_key, backend.cache = opened
+        return backend
 
     def close(self) -> None:
         engine, self.engine = self.engine, None
@@ -393,9 +401,9 @@ class BatchedLlamaBackend(LlamaBackend):
         return engine.kv_cells() if engine is not None else (0, 0)
 
     def sample_tokens(self, prompt_tokens: list[int], params: SamplingParams, grammar: Any, budget: int,
-                      cancelled: Cancelled) -> Iterator[tuple[int, TokenLogprob | None]]:
+                      cancelled: Cancelled, prefill: Prefill) -> Iterator[tuple[int, TokenLogprob | None]]:
         engine = self.engine
-        request = SeqRequest(list(prompt_tokens), params, grammar, budget, cancelled)
+        request = SeqRequest(list(prompt_tokens), params, grammar, budget, cancelled, prefill=prefill)
         engine.submit(request)
         try:
             while True:

@@ -113,6 +113,18 @@ def needs_eval(llm: Any) -> bool:
     return bool(llm._requires_eval)
 
 
+def adopt_tokens(llm: Any, tokens: Any) -> None:
+    """Tell a `Llama` its context now holds `tokens` (positions 0..n-1) after the prompt cache restored
+    a sequence state into it; its next `generate` reuses their common prefix with the prompt and
+    re-evaluates at least the last token (logits are not part of a restored state). `Llama` keeps
+    these in `input_ids`/`n_tokens` and `_requires_eval`, with no public setter."""
+    n = len(tokens)
+    if n:
+        llm.input_ids[:n] = tokens
+    llm.n_tokens = n
+    llm._requires_eval = True
+
+
 # -- libmtmd (vision) -------------------------------------------------------------------------
 
 def mtmd_lib(handler: Any) -> Any:

@@ -184,7 +184,9 @@ class RemoteTextBackend(RemoteBackend):
                     return
                 if event.get("usage"):
                     u = event["usage"]
-                    usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+                    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")  # the upstream's cache
+                    usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
+                                  cached_tokens=int(cached or 0))
                 for choice in event.get("choices") or []:
                     delta = choice.get("delta") or {}
                     text = delta.get("content") if "delta" in choice else choice.get("text")

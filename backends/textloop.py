@@ -12,6 +12,8 @@ tokens, and the finish reason (stop, length or cancelled).
 from __future__ import annotations
 
 import codecs
+import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from backends.base import Cancelled, Delta, TokenLogprob, Usage
@@ -48,6 +50,14 @@ class ByteDetokenizer:
         return self.decoder.decode(b"", final=True)
 
 
+@dataclass
+class Prefill:
+    """What an engine reports about a prompt's prefill: the tokens it took from a cache. The engine
+    fills it before its first token; `run` copies it into the answer's usage."""
+
+    cached_tokens: int = 0
+
+
 def token_budget(prompt_tokens: list[int], max_tokens: int, n_ctx: int) -> int:
     """Tokens the answer may have: `max_tokens`, or what the context leaves. A prompt that fills
     the context is the caller's error."""
@@ -59,7 +69,8 @@ def token_budget(prompt_tokens: list[int], max_tokens: int, n_ctx: int) -> int:
 
 
 def run(prompt_tokens: list[int], tokens: Iterator[Sampled], *, is_end: Callable[[int], bool],
-        detokenizer: Detokenizer, stop: list[str], budget: int, cancelled: Cancelled) -> Iterator[Delta]:
+        detokenizer: Detokenizer, stop: list[str], budget: int, cancelled: Cancelled,
+        prefill: Prefill | None = None) -> Iterator[Delta]:
     """Deltas from an engine's token stream: text pieces (with the logprobs of the tokens they hold),
     then one last Delta with the finish reason, usage and the stop sequence that ended it, if one did.
 
@@ -72,6 +83,8 @@ def run(prompt_tokens: list[int], tokens: Iterator[Sampled], *, is_end: Callable
     generated = 0
     finish = "length"
     pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
+    started = time.perf_counter()
+    first_at: float | None = None  # when the first token was sampled: the prefill's end
     try:
         while True:
             if cancelled():  # before each token, so a client that left costs no more engine work
@@ -82,6 +95,8 @@ def run(prompt_tokens: list[int], tokens: Iterator[Sampled], *, is_end: Callable
                 finish = "cancelled" if cancelled() else "length"
                 break
             token, logprob = step
+            if first_at is None:
+                first_at = time.perf_counter()
             if is_end(token):
                 finish = "stop"
                 break
@@ -104,4 +119,7 @@ def run(prompt_tokens: list[int], tokens: Iterator[Sampled], *, is_end: Callable
     rest = scanner.rest(detokenizer.flush() if scanner.matched is None else "")
     if rest or pending:
         yield Delta(text=rest, logprobs=pending or None)
-    yield Delta(finish_reason=finish, usage=Usage(len(prompt_tokens), generated), stop_sequence=scanner.matched)
+    ended = time.perf_counter()
+    usage = Usage(len(prompt_tokens), generated, cached_tokens=prefill.cached_tokens if prefill else 0,
+                  prefill_seconds=(first_at or ended) - started, decode_seconds=ended - (first_at or ended))
+    yield Delta(finish_reason=finish, usage=usage, stop_sequence=scanner.matched)

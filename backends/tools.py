@@ -210,6 +210,33 @@ def partial_calls(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def streamed_calls(text: str, ids: list[str], raw: list[str], partial: bool = False) -> list[dict[str, Any]]:
+    """`parse_calls` (or with `partial`, `partial_calls`) of a streamed generation, keeping the ids and the
+    raw arguments text the stream already sent (backends/tool_stream.py), so that the streamed fragments
+    concatenate to the final arguments. Repeats are dropped as `parse_calls` drops them."""
+    calls, rest = _split_calls(text)
+    if not calls and not partial:
+        raise ConstrainedOutputError("the model's grammar-constrained tool call is not valid JSON")
+    out, seen = [], set()
+    for index, data in enumerate(calls):
+        call = _openai_call(data)
+        key = json.dumps(data, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        if index < len(raw):
+            call["id"], call["function"]["arguments"] = ids[index], raw[index]
+        out.append(call)
+    head = _PARTIAL.match(rest) if partial else None
+    if head is not None:
+        index = len(calls)
+        call = _call(json.loads(head.group(1)), raw[index] if index < len(raw) else rest[head.end():])
+        if index < len(ids):
+            call["id"] = ids[index]
+        out.append(call)
+    return out
+
+
 def calls_grammar(call_grammar: str) -> str:
     """A GBNF grammar for one or more calls, each under `call_grammar` (the JSON grammar of
     one call, whose start rule is `root`), separated by the markers the tool prompt shows.

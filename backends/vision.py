@@ -246,6 +246,7 @@ def locate(spec: ModelSpec, path: Path) -> tuple[Path, Path]:
 
 class VisionBackend(LlamaBackend):
     capabilities = frozenset({"chat", "complete", "vision"})
+    counts_beside = False  # counting evaluates images through the model's own libmtmd context
 
     def __init__(self, spec: ModelSpec, path: Path, llm: Any):
         super().__init__(spec, path, llm)

@@ -248,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             names = ", ".join(spec.name for spec in manifest.models)
             print(f"{args.config or 'manifest'}: ok ({len(manifest.models)} models: {names})")
+            for spec in manifest.models:
+                if spec.type.value == "NLP" and spec.format.value == "gguf":
+                    bound = "auto (nctx x the model's KV bytes per token)" if spec.prompt_cache is None else (
+                        "off" if not spec.prompt_cache else spec.prompt_cache.human_readable())
+                    print(f"  {spec.name}: prompt_cache {bound}")
             return verify_all(manifest) if args.verify else 0
         setup_logging(manifest.server.log_level, manifest.server.log_format)
         if manifest.server.engine is not None:

@@ -185,8 +185,14 @@ IGNORED = ("metadata", "service_tier", "cache_control", "thinking", "context_man
 
 
 class Usage(BaseModel):
+    """As Anthropic counts: `input_tokens` are the prompt tokens evaluated, `cache_read_input_tokens` those
+    taken from the prompt cache (their sum is the prompt, what count_tokens says); this cache writes as a
+    side effect of serving, so `cache_creation_input_tokens` is always 0."""
+
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
 
 class TextOut(BaseModel):

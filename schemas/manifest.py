@@ -194,6 +194,10 @@ class ModelSpec(BaseModel):
     replicas: int = Field(1, ge=1, le=64, description="engine instances; each has its own thread")
     parallel: int = Field(1, ge=1, le=64, description="GGUF text models: requests decoded together in one "
                                                       "context (continuous batching); nctx is per request")
+    prompt_cache: ByteSize | None = Field(
+        None, description="GGUF text models: host memory for the KV states of prompts set aside (a side call "
+                          "replaced the main conversation), restored instead of prefilled again; e.g. 512MiB, "
+                          "0 disables; default (unset): nctx x the model's KV bytes per token")
     max_queue: Annotated[int, LIVE] = Field(64, ge=0, description="requests waiting beyond the running ones; more get a 429")
     queue_timeout_s: Annotated[float, LIVE] = Field(120.0, gt=0)
     timeout_s: Annotated[float | None, LIVE] = Field(None, gt=0, description="longest a request may generate")
@@ -263,6 +267,16 @@ class ModelSpec(BaseModel):
             raise ValueError("required for MULTIMODAL models")
         if value is not None and kind != ModelType.MULTIMODAL:
             raise ValueError("only for MULTIMODAL models")
+        return value
+
+    @field_validator("prompt_cache")
+    @classmethod
+    def _prompt_cache_text_gguf(cls, value: Any, info: Any) -> Any:
+        kind, fmt = info.data.get("type"), info.data.get("format")
+        if value and kind is not None and (kind != ModelType.NLP or fmt != ModelFormat.gguf):
+            # A vision prompt holds image embeddings, not token ids: a cache keyed by tokens cannot match them.
+            raise ValueError("only for GGUF text models (type NLP, format gguf): other engines keep no "
+                             "llama.cpp token sequence to restore (a vision prompt's images are not tokens)")
         return value
 
     @field_validator("aliases")

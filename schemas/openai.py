@@ -255,10 +255,16 @@ class ChatRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="prompt tokens taken from the prompt cache (a sequence's live prefix "
+                                              "or a restored host-memory entry), not evaluated again")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class CompletionChoice(BaseModel):
@@ -339,6 +345,9 @@ class ModelCard(BaseModel):
     queue_depth: int = 0
     running: int = 0
     load_seconds: float | None = None
+    # GGUF text models: the prompt cache's bound (None: the default, known once loaded) and its use
+    prompt_cache_bytes: int | None = None
+    prompt_cache_used_bytes: int | None = None
 
 
 class ModelList(BaseModel):

@@ -43,6 +43,11 @@ TIME = {"name": "get_time", "description": "The local time in a timezone.",
 HELLO = [{"role": "user", "content": "Say hello to Ada in one short sentence."}]
 
 
+def prompt_of(usage) -> int:
+    """The whole prompt, as Anthropic splits it: evaluated input tokens plus those read from the cache."""
+    return usage.input_tokens + (usage.cache_read_input_tokens or 0)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2_path: Path, closed_port: int) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("messages")
@@ -102,7 +107,8 @@ def test_create_is_an_anthropic_message_from_the_same_engine_path_as_chat(client
         model="smollm2", max_tokens=12, temperature=0,
         messages=[{"role": "system", "content": system}, *HELLO])
     assert chat.choices[0].message.content == answer.content[0].text
-    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (answer.usage.input_tokens,
+    # Anthropic counts the prompt as input_tokens (evaluated) plus cache_read_input_tokens
+    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (prompt_of(answer.usage),
                                                                         answer.usage.output_tokens)
 
 
@@ -142,8 +148,8 @@ def test_stream_text_is_the_deltas_and_the_final_message_matches_create(client):
     assert "".join(pieces) == final.content[0].text == whole.content[0].text
     assert len(pieces) > 1
     assert final.stop_reason == whole.stop_reason and final.id.startswith("msg_")
-    assert (final.usage.input_tokens, final.usage.output_tokens) == (whole.usage.input_tokens,
-                                                                     whole.usage.output_tokens)
+    assert (prompt_of(final.usage), final.usage.output_tokens) == (prompt_of(whole.usage),
+                                                                   whole.usage.output_tokens)
 
 
 def test_the_raw_event_stream_is_in_anthropic_order(server):
@@ -223,7 +229,7 @@ def test_a_tool_use_tool_result_round_trip(client):
         {"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 21 C", "is_error": True},
         {"type": "text", "text": "Answer in one sentence."}]}]
     counted = client.messages.count_tokens(model=ALIAS, tools=[WEATHER], tool_choice={"type": "none"}, messages=failed)
-    assert counted.input_tokens > answer.usage.input_tokens
+    assert counted.input_tokens > prompt_of(answer.usage)
 
 
 # -- count_tokens -----------------------------------------------------------------------
@@ -240,7 +246,7 @@ def test_count_tokens_is_the_input_tokens_of_the_same_call(client, extra):
                 {"role": "user", "content": [{"type": "text", "text": "Again,"}, {"type": "text", "text": "louder."}]}]
     counted = client.messages.count_tokens(model=ALIAS, messages=messages, **extra)
     budget = 64 if "tool_choice" in extra else 1  # a forced call needs room for its arguments
-    used = client.messages.create(model=ALIAS, max_tokens=budget, messages=messages, **extra).usage.input_tokens
+    used = prompt_of(client.messages.create(model=ALIAS, max_tokens=budget, messages=messages, **extra).usage)
     assert counted.input_tokens == used > 0
 
 
@@ -477,7 +483,8 @@ def test_a_one_delta_answer_reports_its_usage_in_message_start():
 
     raw = b"".join(asyncio.run(collect())).decode()
     start = json.loads(raw.split("\n")[1].removeprefix("data: "))
-    assert start["message"]["usage"] == {"input_tokens": 7, "output_tokens": 0}
+    assert start["message"]["usage"] == {"input_tokens": 7, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                                         "cache_read_input_tokens": 0}
     assert raw.rstrip().endswith('data: {"type":"message_stop"}')
 
 

@@ -137,7 +137,7 @@ def test_the_original_function_calling_route(text_server):
     assert call["type"] == "function" and call["function"]["name"] == "UserDetail"
     jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS["UserDetail"])
     assert message["function_call"]["arguments"] == call["function"]["arguments"]
-    assert set(answer["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(answer["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"}
 
 
 def test_a_tool_result_round_trip(client):

@@ -191,7 +191,8 @@ def test_gateway_routes_errors_and_request_ids():
     r = run(main())
     status, headers, body = r["ok"]
     assert status == 200 and body["model"] == "a" and body["choices"][0]["text"] == " w0 w1 w2"
-    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert len(headers["x-request-id"]) == 32
     assert r["unknown"][0] == 404 and r["unknown"][2]["error"]["code"] == "model_not_found"
     assert r["badjson"][0] == 400 and r["badjson"][2]["error"]["code"] == "invalid_json"

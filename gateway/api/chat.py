@@ -15,7 +15,8 @@ from gateway.http.core import HTTPError, Request
 from gateway.media.inputs import pixel_limit, resolve_image_parts
 from gateway.models.handle import ModelHandle
 from gateway.observability import metrics
-from schemas.openai import ChatRequest, CompletionRequest, SamplingFields, Usage
+from gateway.observability.prompt_cache import log_generation
+from schemas.openai import ChatRequest, CompletionRequest, PromptTokensDetails, SamplingFields, Usage
 
 if TYPE_CHECKING:
     from gateway.api.context import Gateway
@@ -46,7 +47,8 @@ def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None)
 def usage_of(delta: Delta | None) -> Usage:
     u = delta.usage if delta and delta.usage else None
     return Usage(prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0,
-                 total_tokens=u.total_tokens if u else 0)
+                 total_tokens=u.total_tokens if u else 0,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens if u else 0))
 
 
 def finish_of(delta: Delta) -> str:
@@ -67,8 +69,9 @@ async def start_stream(handle: ModelHandle, request: Request,
 
 async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
     """Time to first token, token counts and (for streams) total latency, as metrics (nexa_* and the
-    model-server protocol's vllm:*); and, for a traced request, its first token, usage, finish reason
-    and, for a stream, the end of its span when the last token went out."""
+    model-server protocol's vllm:*); the generation's log line (tokens, cached tokens, timings) when it
+    ends; and, for a traced request, its first token, usage, finish reason and, for a stream, the end of
+    its span when the last token went out."""
     started = request.state.get("started", time.perf_counter())
     trace = request.state.get("trace")
     ttft: float | None = None
@@ -86,6 +89,9 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
                 metrics.TOKENS.labels(handle.name).inc(delta.usage.completion_tokens)
                 metrics.PROMPT_TOKENS.labels(handle.name).inc(delta.usage.prompt_tokens)
                 last = delta
+                if delta.finish_reason:
+                    log_generation(handle.name, request.state.get("request_id"), request.state.get("route"),
+                                   delta.usage, ttft)
             if output is not None:
                 output.append(delta.text)
             yield delta

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from gateway.models.protocol_gauges import ModelServerCollector
 from gateway.observability.metrics import REGISTRY
+from gateway.observability.prompt_cache import cache_metrics
 
 if TYPE_CHECKING:
     from gateway.models.pool import ModelPool
@@ -32,6 +33,7 @@ class PoolCollector:
         count.add_metric([], len(self.pool.loaded()))
         yield from (queue, running, loaded, count)
         yield from batch_metrics(self.pool)
+        yield from cache_metrics(self.pool)
 
 
 def batch_metrics(pool) -> Iterator:

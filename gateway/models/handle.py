@@ -27,6 +27,7 @@ from gateway.models.channel import Channel
 from gateway.models.jobs import Job, deliver, fail, pump, settle, taken
 from gateway.models.state import ModelState, ModelUnavailable, Owner, capabilities_before_load
 from gateway.observability import metrics, tracing
+from gateway.observability.prompt_cache import engine_caches
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.gateway.models.handle")
@@ -145,9 +146,11 @@ class ModelHandle:
             settings = self.pool.settings
             spec, path = hub.fetch_model(self.spec, offline=bool(getattr(settings, "offline", False)),
                                          verify=getattr(settings, "verify", "first_load"))
-            self.size_bytes = size_on_disk(path)
+            self.size_bytes = size_on_disk(path) + int(spec.prompt_cache or 0)
             backend = worker.load(spec, path)  # in a worker process if its class asks for one
             self.backends.append(backend)
+            if spec.prompt_cache is None and index == 0:  # the default bound is known now (the model's KV size)
+                self.size_bytes += sum(cache.capacity for cache in engine_caches([backend]))
         except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
             reported(exc)
         else:
@@ -361,19 +364,20 @@ class ModelHandle:
         finally:
             self._release(started, submitted)
 
-    async def call_beside(self, work: Callable[[Backend], Any]) -> Any:
-        """Run read-only engine work (tokenizing, rendering the chat template) on a thread of its own,
-        beside the replicas' decode slots, so that it never waits behind a generation. Engines whose
-        class does not allow it (`tokenizes_beside_generation`) get it through the queue like any call.
-        It counts as submitted work, so an unload waits for it before closing the engine."""
+    async def call_beside(self, work: Callable[[Backend], Any], allowed: str = "tokenizes_beside_generation") -> Any:
+        """Run read-only engine work (tokenizing, rendering the chat template, counting a prompt) on a
+        thread of its own, beside the replicas' decode slots, so that it never waits behind a generation.
+        Engines whose class does not allow that kind of work (`allowed`: `tokenizes_beside_generation`,
+        or `counts_beside` for `count_chat`) get it through the queue like any call. It counts as
+        submitted work, so an unload waits for it before closing the engine."""
         target = self.current()
         if target is not self:
-            return await target.call_beside(work)
+            return await target.call_beside(work, allowed)
         await self.ready()
         if self.retired:
-            return await self.current().call_beside(work)
+            return await self.current().call_beside(work, allowed)
         backend = self.backend
-        if backend is None or not getattr(type(backend), "tokenizes_beside_generation", False):
+        if backend is None or not getattr(type(backend), allowed, False):
             return await self.call(work)
         self.submitted += 1
         self.last_used = time.monotonic()

@@ -166,6 +166,6 @@ class ModelPool:
 
 def _estimate(spec: ModelSpec) -> int:
     try:
-        return size_on_disk(Path(hub.fetch(spec, offline=True)))
+        return size_on_disk(Path(hub.fetch(spec, offline=True))) + int(spec.prompt_cache or 0)
     except (hub.FetchError, OSError):
         return 0

@@ -160,8 +160,11 @@ def tool_use(call: dict[str, Any]) -> ToolUseOut:
 
 
 def usage_of(delta: Delta | None) -> Usage:
+    """As Anthropic counts: `input_tokens` evaluated, `cache_read_input_tokens` taken from the prompt cache."""
     u = delta.usage if delta is not None else None
-    return Usage(input_tokens=u.prompt_tokens if u else 0, output_tokens=u.completion_tokens if u else 0)
+    cached = u.cached_tokens if u else 0
+    return Usage(input_tokens=u.prompt_tokens - cached if u else 0, output_tokens=u.completion_tokens if u else 0,
+                 cache_read_input_tokens=cached)
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -208,44 +211,64 @@ async def messages(gw: "Gateway", request: Request) -> Response | StreamResponse
 async def _events(mid: str, model: str, stops: list[str], first: Delta | None,
                   deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
     """Anthropic's event stream: message_start, ping, one content block per text run and per tool
-    call, message_delta (stop_reason, usage), message_stop; an `error` event if generation fails."""
+    call (a call's input streams as `input_json_delta` fragments while it is generated),
+    message_delta (stop_reason, usage), message_stop; an `error` event if generation fails."""
     known = first if first is not None and first.finish_reason else None  # a one-delta answer: usage known now
     start = MessageResponse(id=mid, model=model, content=[], stop_reason=None, usage=usage_of(known))
     yield _event("message_start", {"type": "message_start", "message": start.model_dump(mode="json")})
     yield _event("ping", {"type": "ping"})
-    index, text_open, last = 0, False, None
+    index, open_block, last = 0, None, None  # open_block: "text", a streamed call's id, or None
+    streamed: set[str] = set()
     try:
         async for delta in chain(first, deltas):
             if delta.text:
-                if not text_open:
+                if open_block != "text":
+                    if open_block is not None:
+                        yield _block_stop(index)
+                        index += 1
                     yield _block_start(index, TextOut(text="").model_dump())
-                    text_open = True
+                    open_block = "text"
                 yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
                                                      "delta": {"type": "text_delta", "text": delta.text}})
+            for part in delta.tool_call_deltas or []:
+                if part.name is not None:  # a call starts: its own block, after whatever block was open
+                    if open_block is not None:
+                        yield _block_stop(index)
+                        index += 1
+                    streamed.add(part.id)
+                    yield _block_start(index, {"type": "tool_use", "id": "toolu_" + part.id.removeprefix("call_"),
+                                               "name": part.name, "input": {}})
+                    open_block = part.id
+                elif part.arguments:
+                    yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                        "type": "input_json_delta", "partial_json": part.arguments}})
             if delta.finish_reason:
                 last = delta
     except Exception as exc:  # noqa: BLE001 - the status line is sent: reported in-band, and the stream ends
         yield error_event(exc, ERROR_STYLE)
         return
-    calls = [tool_use(call) for call in (last.tool_calls if last is not None else None) or []]
-    if not text_open and not calls:
+    final = [call for call in (last.tool_calls if last is not None else None) or []]
+    if open_block is None and not final:
         yield _block_start(index, TextOut(text="").model_dump())  # as the JSON answer: one (empty) text block
-        text_open = True
-    if text_open:
+        open_block = "text"
+    if open_block is not None:
         yield _block_stop(index)
         index += 1
-    for call in calls:
-        arguments = json.dumps(call.input, ensure_ascii=False)
-        yield _block_start(index, {**call.model_dump(), "input": {}})
-        yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                             "delta": {"type": "input_json_delta", "partial_json": arguments}})
+    for call in final:
+        if call["id"] in streamed:
+            continue
+        use = tool_use(call)
+        yield _block_start(index, {**use.model_dump(), "input": {}})
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+            "type": "input_json_delta", "partial_json": json.dumps(use.input, ensure_ascii=False)}})
         yield _block_stop(index)
         index += 1
     reason, sequence = stop_of(last, stops)
     usage = usage_of(last)
     yield _event("message_delta", {"type": "message_delta",
                                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                   "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}})
+                                   "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                                             "cache_read_input_tokens": usage.cache_read_input_tokens}})
     yield _event("message_stop", {"type": "message_stop"})
 
 
@@ -262,7 +285,7 @@ async def count_tokens(gw: "Gateway", request: Request) -> Response:
     and chat template (and tool prompt, and image positions), counted on the model's thread."""
     body: CountTokensRequest = parse_body(CountTokensRequest, request)
     handle, _params, chat_messages, options = await chat_inputs(gw, request, to_chat(body))
-    count = await handle.call(lambda backend: backend.count_chat(chat_messages, options))
+    count = await handle.call_beside(lambda backend: backend.count_chat(chat_messages, options), "counts_beside")
     return json_response(CountTokensResponse(input_tokens=count).model_dump())
 
 

@@ -19,7 +19,14 @@ from typing import Any
 from backends.base import Delta
 from gateway.api.chat import usage_of
 from gateway.http.errors import classify
-from schemas.responses import FunctionCallItem, OutputMessage, OutputText, ResponseObject, ResponseUsage
+from schemas.responses import (
+    FunctionCallItem,
+    InputTokensDetails,
+    OutputMessage,
+    OutputText,
+    ResponseObject,
+    ResponseUsage,
+)
 
 Event = dict[str, Any]
 
@@ -35,6 +42,8 @@ class ResponseTurn:
         self.sequence = 0
         self.message: OutputMessage | None = None  # the assistant text item, once text arrives
         self.finished = False
+        self.calls: dict[str, FunctionCallItem] = {}  # calls streamed as generated, by call id
+        self.call: FunctionCallItem | None = None  # the one being generated
 
     def dump(self) -> dict[str, Any]:
         return self.response.model_dump(mode="json")
@@ -57,9 +66,36 @@ class ResponseTurn:
             events.append(self.event("response.output_text.delta", item_id=self.message.id,
                                      output_index=self._index(self.message), content_index=0, delta=delta.text,
                                      logprobs=[]))
+        for part in delta.tool_call_deltas or []:
+            events += self._grow_call(part)
         if delta.finish_reason:
             events += self._finish(delta)
         return events
+
+    def _grow_call(self, part: Any) -> list[Event]:
+        """A call being generated: its item when it starts, then its arguments as they grow."""
+        events: list[Event] = []
+        if part.name is not None:
+            if self.message is not None and self.message.status == "in_progress":
+                events += self._close_message("completed")  # text before the call is complete
+            item = FunctionCallItem(id=_id("fc"), call_id=part.id, name=part.name, arguments="", status="in_progress",
+                                    namespace=self.namespaces.get(part.name))
+            self.response.output.append(item)
+            self.calls[part.id] = self.call = item
+            events.append(self.event("response.output_item.added", output_index=self._index(item),
+                                     item=item.model_dump(mode="json")))
+        elif part.arguments and self.call is not None:
+            self.call.arguments += part.arguments
+            events.append(self.event("response.function_call_arguments.delta", item_id=self.call.id,
+                                     output_index=self._index(self.call), delta=part.arguments))
+        return events
+
+    def _end_call(self, item: FunctionCallItem, arguments: str, status: str) -> list[Event]:
+        index = self._index(item)
+        item.arguments, item.status = arguments, status
+        return [self.event("response.function_call_arguments.done", item_id=item.id, output_index=index,
+                           arguments=arguments),
+                self.event("response.output_item.done", output_index=index, item=item.model_dump(mode="json"))]
 
     def fail(self, exc: BaseException) -> Event:
         """The terminal event of a stream whose generation failed after the headers were sent."""
@@ -117,17 +153,23 @@ class ResponseTurn:
         incomplete = delta.finish_reason == "length"
         status = "incomplete" if incomplete else "completed"
         events: list[Event] = []
-        if self.message is None and not delta.tool_calls:
+        if self.message is None and not delta.tool_calls and not self.calls:
             events += self._open_message()  # an empty answer is still one (empty) message, as OpenAI answers
-        if self.message is not None:
+        if self.message is not None and self.message.status == "in_progress":
             events += self._close_message(status)
-        for call in delta.tool_calls or []:
+        final = {call["id"]: call for call in delta.tool_calls or []}
+        for call_id, item in self.calls.items():  # streamed calls end with the final arguments (the same text)
+            call = final.pop(call_id, None)
+            events += self._end_call(item, call["function"]["arguments"] if call else item.arguments,
+                                     "completed" if call else "incomplete")
+        for call in final.values():
             events += self._call(call)
         usage = usage_of(delta)
         response = self.response
         response.status = status
         response.usage = ResponseUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
-                                       total_tokens=usage.total_tokens)
+                                       total_tokens=usage.total_tokens, input_tokens_details=InputTokensDetails(
+                                           cached_tokens=usage.prompt_tokens_details.cached_tokens))
         if incomplete:
             response.incomplete_details = {"reason": "max_output_tokens"}
         else:

@@ -110,11 +110,22 @@ async def chat_completions(gw: "Gateway", request: Request) -> Response | Stream
 
         async def events() -> AsyncIterator[bytes]:
             yield chunk(ChunkDelta(role="assistant", content=""))
+            streamed: set[str] = set()  # calls whose arguments were streamed as they were generated
             try:
                 async for delta in chain(first, deltas):
                     if delta.text:
                         yield chunk(ChunkDelta(content=delta.text), entries=delta.logprobs)
+                    for part in delta.tool_call_deltas or []:
+                        if part.name is not None:  # id, type and name first, as OpenAI streams them
+                            streamed.add(part.id)
+                            yield chunk(ChunkDelta(tool_calls=[{"index": part.index, "id": part.id, "type": "function",
+                                                                "function": {"name": part.name, "arguments": ""}}]))
+                        elif part.arguments:
+                            yield chunk(ChunkDelta(tool_calls=[{"index": part.index,
+                                                                "function": {"arguments": part.arguments}}]))
                     for index, call in enumerate(delta.tool_calls or []):
+                        if call["id"] in streamed:
+                            continue
                         # As OpenAI streams them: id, type and name first, then the arguments.
                         head = {"index": index, "id": call["id"], "type": "function",
                                 "function": {"name": call["function"]["name"], "arguments": ""}}

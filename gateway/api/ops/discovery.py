@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from gateway.http.core import HTTPError, Request, Response, Route, json_response
 from gateway.http.security import allows, current_key
 from gateway.models.handle import ModelHandle
+from gateway.observability.prompt_cache import caches_of
 from gateway.observability.redact import scrub
 from schemas.openai import ModelCard, ModelList
 from schemas.ops import Health, Readiness
@@ -20,7 +21,18 @@ def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
                      state=handle.state.value, aliases=list(handle.spec.aliases),
                      capabilities=sorted(handle.capabilities), error=scrub(handle.error) if handle.error else None,
                      replicas=handle.spec.replicas, parallel=handle.spec.parallel, queue_depth=handle.queue_depth(),
-                     running=handle.running, load_seconds=handle.load_seconds)
+                     running=handle.running, load_seconds=handle.load_seconds, **prompt_cache_fields(handle))
+
+
+def prompt_cache_fields(handle: ModelHandle) -> dict:
+    """GGUF text models: the prompt cache's bound (the manifest's, else the loaded engine's default) and use."""
+    cache = next(iter(caches_of(handle)), None)
+    declared = getattr(handle.spec, "prompt_cache", None)
+    bound = declared if declared is not None else (cache.capacity if cache else None)
+    if bound is None and cache is None:
+        return {}
+    return {"prompt_cache_bytes": int(bound) if bound is not None else None,
+            "prompt_cache_used_bytes": cache.bytes if cache is not None else None}
 
 
 async def list_models(gw: "Gateway", request: Request) -> Response:

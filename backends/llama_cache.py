@@ -1,0 +1,170 @@
+"""The prompt cache (backends/prompt_cache.py) wired into llama.cpp's two text engines.
+
+`parallel: 1` (`Llama.generate`): llama-cpp-python keeps the context's tokens in `Llama.input_ids`
+and reuses their longest common prefix with the next prompt. `prepare_single` runs before it: it
+saves the live sequence if the new prompt would throw most of it away, and restores a cached entry
+in its place when that entry shares a longer prefix; `Llama.generate` then evaluates only the rest.
+
+`parallel: N` (backends/llama_batch.py): the scheduler calls `prepare_slot` while admitting a
+request into a free slot, with the same two steps on that slot's sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from backends import llama_private as private
+from backends import prompt_cache
+from backends.prompt_cache import PromptCache, common_prefix
+from schemas.manifest import ModelSpec, ModelType
+
+log = logging.getLogger("nexa.backends.prompt_cache")
+
+SWA_SLACK = 16  # tokens a sliding-window model's entry stops short of its prompt (see `save`)
+
+
+def cache_key(spec: ModelSpec, path: Path) -> tuple:
+    """What a saved state depends on: the model file and the context settings (replicas share a cache)."""
+    return (spec.name, str(path), spec.nctx, spec.parallel, repr(sorted(spec.options.items())))
+
+
+def capacity(spec: ModelSpec, llm: Any) -> int:
+    """The manifest's `prompt_cache`, else the KV of one full context (`nctx` × bytes per token): room to
+    set the longest conversation the model can hold aside while side calls run."""
+    if spec.prompt_cache is not None:
+        return int(spec.prompt_cache)
+    return spec.nctx * bytes_per_token(spec, llm)
+
+
+def bytes_per_token(spec: ModelSpec, llm: Any) -> int:
+    import llama_cpp
+
+    model = llm.model
+    return prompt_cache.kv_bytes_per_token(llm.metadata, llama_cpp.llama_model_n_layer(model),
+                                           llama_cpp.llama_model_n_head_kv(model),
+                                           spec.options.get("type_k"), spec.options.get("type_v"))
+
+
+def open_cache(spec: ModelSpec, path: Path, llm: Any) -> tuple[tuple, PromptCache] | None:
+    """The model's shared cache (a disabled one, `prompt_cache: 0`, still counts prefilled tokens).
+    None for engines whose prompts are not plain token sequences (vision)."""
+    if spec.type != ModelType.NLP:
+        return None
+    import llama_cpp
+
+    key = cache_key(spec, path)
+    cache = prompt_cache.acquire(key, capacity(spec, llm))
+    cache.n_swa = int(llama_cpp.llama_model_n_swa(llm.model))  # sliding-window attention: see `save`
+    return key, cache
+
+
+def close_cache(opened: tuple[tuple, PromptCache] | None) -> None:
+    """Let go of a model's cache (`open_cache`'s result); the last replica's release frees it."""
+    if opened is not None:
+        prompt_cache.release(opened[0])
+
+
+def reused(held: int, prompt: int, exact_live: bool) -> int:
+    """Prompt tokens `Llama.generate` (llama-cpp-python 0.3.36) will not evaluate again when the context
+    holds a `held`-token common prefix: all of them, except that a fully held prompt re-evaluates its
+    last token to get fresh logits unless the context's logits are that prompt's own (`exact_live`)."""
+    if held < prompt:
+        return held
+    return prompt if exact_live else prompt - 1
+
+
+def prepare_single(llm: Any, cache: PromptCache, prompt: list[int], boundary: int) -> int:
+    """Before `Llama.generate(prompt)`: save the live sequence if it is about to be replaced (its last
+    request's prompt was `boundary` tokens), restore the best entry if worth it. Returns the prompt tokens
+    that will not be evaluated (cached tokens)."""
+    live = llm.input_ids[: llm.n_tokens].copy()
+    keep = common_prefix(live, prompt)
+    saved = save(llm.ctx, 0, live, keep, boundary, cache)
+    if saved is not None and len(saved) < len(live):  # trimmed to its prompt (sliding-window models)
+        private.adopt_tokens(llm, saved)
+    entry, length = cache.best(prompt, keep)
+    restored = False
+    if entry is not None:
+        started = time.perf_counter()
+        if restore(llm.ctx, 0, entry, min(length, len(prompt) - 1), cache):
+            private.adopt_tokens(llm, entry.tokens)
+            cache.observe_restore(entry.size, time.perf_counter() - started)
+            keep, restored = length, True
+        else:  # the sequence is empty now, and so is what the Llama believes
+            private.adopt_tokens(llm, [])
+            keep = 0
+    exact = llm.n_tokens == len(prompt) and not private.needs_eval(llm)
+    cached = reused(keep, len(prompt), exact)
+    cache.count(prompt=len(prompt), cached=cached, restored=restored)
+    return cached
+
+
+def save(ctx: Any, seq: int, tokens: Any, keep: int, boundary: int, cache: PromptCache) -> Any:
+    """Save sequence `seq` (holding `tokens`, of which the next prompt keeps `keep`) if worth it; returns
+    the tokens saved, or None. A sliding-window model's state holds only the window's last cells, so its
+    entry could only continue from its very end, while a conversation's next turn usually rewrites the end
+    of the last one (the answer's own tokens): the sequence is first cut back to the last prompt, less a
+    few tokens of slack (SWA_SLACK), which a next turn does extend."""
+    if cache.n_swa:
+        cut = min(len(tokens), boundary) - SWA_SLACK
+        if cut <= keep or not cache.save_worthwhile(tokens[:cut], keep):
+            return None
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), seq, cut, -1)
+        tokens = tokens[:cut]
+    elif not cache.save_worthwhile(tokens, keep):
+        return None
+    data, size = prompt_cache.save_state(ctx, seq)
+    cache.put(tokens, data, size)
+    return tokens
+
+
+def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bool:
+    """Restore `entry` into `seq` to continue after its first `keep` tokens. A sliding-window model needs the
+    window's cells before position `keep`: if the state lacks them (llama.cpp's own server applies this
+    rule), the sequence is cleared and the entry marked, and the prompt is prefilled."""
+    if not prompt_cache.restore_state(ctx, seq, entry):
+        log.warning("prompt cache: llama.cpp refused a %d-token state; prefilling instead", len(entry.tokens),
+                    extra={"event": "prompt_cache_refused", "tokens": len(entry.tokens)})
+        return False
+    if cache.n_swa:
+        import llama_cpp
+
+        memory = llama_cpp.llama_get_memory(ctx)
+        entry.pos_min = llama_cpp.llama_memory_seq_pos_min(memory, seq)
+        if entry.pos_min > max(0, keep - cache.n_swa):
+            log.info("prompt cache: a %d-token state starts at position %d, too late to continue after %d tokens "
+                     "(sliding window %d); prefilling instead", len(entry.tokens), entry.pos_min, keep, cache.n_swa,
+                     extra={"event": "prompt_cache_window", "tokens": len(entry.tokens), "pos_min": entry.pos_min})
+            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+            return False
+    return True
+
+
+def save_finished(ctx: Any, seq: int, tokens: Any, boundary: int, cache: PromptCache) -> Any:
+    """With `replicas`, a conversation's next turn may go to another replica, whose context never held it:
+    a finished sequence is saved at once (not only when its own context replaces it), so any replica can
+    restore it. Returns the tokens the sequence holds afterwards (cut back for sliding-window models)."""
+    saved = save(ctx, seq, tokens, 0, boundary, cache)
+    return saved if saved is not None else tokens
+
+
+def prepare_slot(ctx: Any, seq: int, held: list[int], keep: int, cache: PromptCache,
+                 prompt: list[int], boundary: int) -> tuple[int, list[int] | None]:
+    """A batched slot whose sequence `seq` holds `held` (its last prompt `boundary` tokens) is about to keep
+    its first `keep` tokens (or a longer prefix copied from another slot) for `prompt`. Saves what it held
+    if worth it, then restores the best entry if it beats `keep`: returns (prefix now usable, the tokens
+    the sequence holds after a restore, or None when nothing was restored)."""
+    save(ctx, seq, held, common_prefix(held, prompt), boundary, cache)
+    entry, length = cache.best(prompt, keep)
+    if entry is None:
+        return keep, None
+    started = time.perf_counter()
+    if not restore(ctx, seq, entry, min(length, len(prompt) - 1), cache):
+        return 0, []
+    cache.observe_restore(entry.size, time.perf_counter() - started)
+    return length, [int(t) for t in entry.tokens]

@@ -1,0 +1,74 @@
+"""The prompt cache's crossover: what saving and restoring a sequence's KV state costs against
+prefilling the same tokens, by prompt length, in-process on one llama.cpp context.
+
+    .venv/bin/python bench/prompt_cache.py [--model gemma] [--threads 2] [--lengths 16,64,256,1024,4096]
+
+Prints per length: prefill ms, save ms, restore ms, state MB, and restore / prefill. The cache restores
+an entry only when the tokens it saves are worth more prefill time than the restore costs
+(backends/prompt_cache.py: MIN_TOKENS and the two per-unit costs it starts from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine  # noqa: E402
+
+
+def main() -> None:
+    import llama_cpp
+
+    from backends import prompt_cache
+    from backends.llama_load import llama_kwargs
+    from gateway import hub
+    from schemas.manifest import ModelSpec
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="gemma")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lengths", default="16,64,256,1024,4096")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    lengths = [int(n) for n in args.lengths.split(",")]
+    nctx = max(lengths) + 64
+    spec = ModelSpec(name=args.model, source=args.model, nctx=nctx, n_threads=args.threads, device="cpu")
+    path = hub.fetch(spec)
+    path = path if path.is_file() else next(path.glob("*.gguf"))
+    llm = llama_cpp.Llama(**llama_kwargs(spec, path))
+    vocab = llm.n_vocab()
+    print(machine())
+    print(f"{args.model}, {args.threads} threads, n_batch {llm.n_batch}")
+    print("| tokens | prefill ms | save ms | restore ms | state MB | restore / prefill |")
+    print("|---|---|---|---|---|---|")
+    for n in lengths:
+        tokens = [(7919 * i) % (vocab - 10) + 5 for i in range(n)]
+        prefill, save, restore = [], [], []
+        size = 0
+        for _ in range(args.runs):
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            started = time.perf_counter()
+            llm.eval(tokens)
+            prefill.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            data, size = prompt_cache.save_state(llm.ctx, 0)
+            save.append(time.perf_counter() - started)
+            entry = prompt_cache.Entry(tokens=None, data=data, size=size)
+            started = time.perf_counter()
+            assert prompt_cache.restore_state(llm.ctx, 0, entry)
+            restore.append(time.perf_counter() - started)
+        p, s, r = (statistics.median(x) * 1000 for x in (prefill, save, restore))
+        print(f"| {n} | {p:.1f} | {s:.2f} | {r:.2f} | {size / 2**20:.1f} | {r / p:.4f} |")
+    print(f"KV bytes/token from metadata: "
+          f"{prompt_cache.kv_bytes_per_token(llm.metadata, llama_cpp.llama_model_n_layer(llm.model), llama_cpp.llama_model_n_head_kv(llm.model))}")
+    llm.close()
+
+
+if __name__ == "__main__":
+    main()
