@@ -91,7 +91,8 @@ def test_list_show_and_ps_describe_the_manifest(client, smollm2_path):
 
     running = {m.model: m for m in client.ps().models}  # both are preloaded
     assert set(running) == {"smollm2:latest", "all-minilm-l6-v2:latest"}
-    assert running["smollm2:latest"].context_length == 2048 and running["smollm2:latest"].size == smol.size
+    assert running["smollm2:latest"].context_length == 2048
+    assert running["smollm2:latest"].size >= smol.size  # in memory: the weights plus the prompt cache's bound
 
 
 def test_chat_is_the_v1_chat(client, oai):

@@ -54,7 +54,7 @@ def entry(handle: ModelHandle, path: Path | None) -> dict[str, Any]:
     """One model as /api/tags lists it."""
     spec = handle.spec
     stat = path.stat() if path is not None and path.exists() and path.is_file() else None
-    size = handle.size_bytes or (stat.st_size if stat else 0)
+    size = stat.st_size if stat else handle.size_bytes  # the file on disk, as Ollama's list shows it
     modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc) if stat else datetime.now(timezone.utc)
     name = listed_name(spec.name)
     return {"name": name, "model": name, "modified_at": modified.isoformat().replace("+00:00", "Z"),
@@ -123,8 +123,11 @@ async def ps(gw: "Gateway", request: Request) -> Response:
         else:
             expires_at = FOREVER
         gpu = handle.spec.device.value not in ("cpu", "auto")
-        models.append({**entry(handle, path), "expires_at": expires_at,
-                       "size_vram": handle.size_bytes if gpu else 0, "context_length": handle.spec.nctx})
+        # `size` here is what the model holds in memory, as Ollama's ps shows it: the weights plus the
+        # bound of its prompt cache (what residency counts)
+        models.append({**entry(handle, path), "size": handle.size_bytes or entry(handle, path)["size"],
+                       "expires_at": expires_at, "size_vram": handle.size_bytes if gpu else 0,
+                       "context_length": handle.spec.nctx})
     return json_response({"models": models})
 
 
