@@ -100,20 +100,7 @@ class LlamaEmbedBackend(EmbeddingBackend):
 
     def _forward(self, sequences: list[list[int]]) -> np.ndarray:
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
-        pending: list[tuple[int, list[int]]] = []
-        used = 0
-        try:
-            for row, tokens in enumerate(sequences):
-                if pending and (used + len(tokens) > self.n_batch or len(pending) >= self.n_seq_max):
-                    self._decode(pending, out)
-                    pending, used = [], 0
-                pending.append((row, tokens))
-                used += len(tokens)
-            if pending:
-                self._decode(pending, out)
-        finally:
-            private.clear_kv(self.llm)
-            self.llm.reset()
+        private.decode_packed(self.llm, sequences, self.n_batch, self.n_seq_max, lambda batch: self._decode(batch, out))
         return out
 
     def _decode(self, pending: list[tuple[int, list[int]]], out: np.ndarray) -> None:

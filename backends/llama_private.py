@@ -137,3 +137,25 @@ def mtmd_function(name: str) -> Any:
     from llama_cpp import mtmd_cpp
 
     return getattr(mtmd_cpp._libmtmd, name, None)
+
+
+def decode_packed(llm: Any, sequences: list[list[int]], n_batch: int, n_seq_max: int,
+                  decode: Callable[[list[tuple[int, list[int]]]], None]) -> None:
+    """Evaluate whole sequences packed into batches of at most `n_batch` tokens and `n_seq_max`
+    sequences (`decode` gets each batch as `(row, tokens)` pairs), then clear the context: the one
+    packing loop of the pooled engines (GGUF embeddings, GGUF rerankers)."""
+    pending: list[tuple[int, list[int]]] = []
+    used = 0
+    try:
+        for row, tokens in enumerate(sequences):
+            if pending and (used + len(tokens) > n_batch or len(pending) >= n_seq_max):
+                decode(pending)
+                pending, used = [], 0
+            pending.append((row, tokens))
+            used += len(tokens)
+        if pending:
+            decode(pending)
+    finally:
+        clear_kv(llm)
+        llm.reset()
+

@@ -136,20 +136,7 @@ class LlamaRerankBackend(RerankBackend):
 
     def _forward(self, pairs: list[list[int]]) -> np.ndarray:
         out = np.empty(len(pairs), dtype=np.float32)
-        pending: list[tuple[int, list[int]]] = []
-        used = 0
-        try:
-            for row, tokens in enumerate(pairs):
-                if pending and (used + len(tokens) > self.n_batch or len(pending) >= self.n_seq_max):
-                    self._decode(pending, out)
-                    pending, used = [], 0
-                pending.append((row, tokens))
-                used += len(tokens)
-            if pending:
-                self._decode(pending, out)
-        finally:
-            private.clear_kv(self.llm)
-            self.llm.reset()
+        private.decode_packed(self.llm, pairs, self.n_batch, self.n_seq_max, lambda batch: self._decode(batch, out))
         return out
 
     def _decode(self, pending: list[tuple[int, list[int]]], out: np.ndarray) -> None:
