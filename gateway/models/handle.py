@@ -1,9 +1,9 @@
-"""One declared model: its replicas, job queue, state and admission limits.
+"""One declared model: its state, admission limits, and the async calls requests make.
 
 Each engine instance (replica) owns one thread, because llama.cpp and whisper
 contexts are not re-entrant; the replicas of a model pull from one FIFO queue,
 so requests run in arrival order while the event loop stays free for health
-checks and other models. Streams cross from that thread to the event loop
+checks and other models (the threads: gateway.models.replicas). Streams cross from that thread to the event loop
 through a small bounded `Channel` (gateway.models.channel): the engine runs at most a
 few tokens ahead of the client, and a client that leaves stops generation at
 the next token.
@@ -16,18 +16,16 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from backends.base import Backend
 from backends.errors import LoadError
-from gateway.manifest import hub
-from gateway.models import batcher, worker
+from gateway.models import batcher
 from gateway.models.channel import Channel
-from gateway.models.jobs import Job, deliver, fail, pump, settle, taken
+from gateway.models.jobs import Job
+from gateway.models.replicas import ReplicaThreads, join_threads
 from gateway.models.state import ModelState, ModelUnavailable, Owner, capabilities_before_load
 from gateway.observability import metrics, tracing
-from gateway.observability.prompt_cache import engine_caches
 from schemas.manifest import ModelSpec
 
 log = logging.getLogger("nexa.gateway.models.handle")
@@ -36,7 +34,7 @@ log = logging.getLogger("nexa.gateway.models.handle")
 LOAD_RETRY_S = 10.0  # a model that failed to load is tried again by a request this long after
 
 
-class ModelHandle:
+class ModelHandle(ReplicaThreads):
     """One declared model: its spec, state, replicas and their shared job queue."""
 
     def __init__(self, spec: ModelSpec, pool: Owner):
@@ -86,113 +84,6 @@ class ModelHandle:
         return max(0, self.admitted - self.running)
 
     # -- loading and unloading ----------------------------------------------------
-
-    def start_loading(self) -> asyncio.Future:
-        """Start the replica threads; each loads its own engine instance, then serves jobs."""
-        if self._loaded is None:
-            self.state = ModelState.loading
-            self.error = None
-            self._loaded = self.loop.create_future()
-            self._unloaded.clear()
-            self._jobs = queue.Queue()
-            self.backends = []
-            started = time.monotonic()
-            results: list[BaseException | None] = []
-            lock = threading.Lock()
-
-            def reported(outcome: BaseException | None) -> None:
-                with lock:
-                    results.append(outcome)
-                    done = len(results) == self.spec.replicas
-                if done:
-                    self.loop.call_soon_threadsafe(self._finish_loading, results, time.monotonic() - started)
-
-            self._threads = [
-                threading.Thread(target=self._replica, args=(i, self._jobs, reported), daemon=True,
-                                 name=f"model-{self.name}" + (f"-{i}" if self.spec.replicas > 1 else ""))
-                for i in range(self.spec.replicas)
-            ]
-            for thread in self._threads:
-                thread.start()
-        return self._loaded
-
-    def _finish_loading(self, results: list[BaseException | None], seconds: float) -> None:
-        failures = [r for r in results if r is not None]
-        if failures:
-            self.error = str(failures[0]) or type(failures[0]).__name__
-            self.state = ModelState.failed
-            self.failed_at = time.monotonic()
-            log.error("model %s failed to load: %s", self.name, self.error,
-                      extra={"event": "model_failed", "model": self.name})
-            self.stop_workers()  # the healthy replicas close their engines
-            metrics.LOADS.labels(self.name, "failed").inc()
-        else:
-            self.state = ModelState.ready
-            if self.backends:  # an instance may offer less than its class (e.g. an English-only Whisper)
-                self.capabilities = frozenset(self.backends[0].capabilities)
-            self.load_seconds = seconds
-            self.last_used = time.monotonic()
-            metrics.LOADS.labels(self.name, "ok").inc()
-            metrics.LOAD_SECONDS.labels(self.name).observe(seconds)
-            log.info("loaded model %s in %.2fs", self.name, seconds,
-                     extra={"event": "model_loaded", "model": self.name, "seconds": round(seconds, 3),
-                            "replicas": self.spec.replicas})
-        if self._loaded is not None and not self._loaded.done():
-            self._loaded.set_result(None)
-
-    def _replica(self, index: int, jobs: queue.Queue, reported: Callable[[BaseException | None], None]) -> None:
-        backend: Backend | None = None
-        try:
-            settings = self.pool.settings
-            spec, path = hub.fetch_model(self.spec, offline=bool(getattr(settings, "offline", False)),
-                                         verify=getattr(settings, "verify", "first_load"))
-            self.size_bytes = size_on_disk(path) + int(spec.prompt_cache or 0)
-            backend = worker.load(spec, path)  # in a worker process if its class asks for one
-            self.backends.append(backend)
-            if spec.prompt_cache is None and index == 0:  # the default bound is known now (the model's KV size)
-                self.size_bytes += sum(cache.capacity for cache in engine_caches([backend]))
-        except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
-            reported(exc)
-        else:
-            reported(None)
-        # A batched instance (`parallel: N`) runs N jobs at once: N threads hand their requests to the
-        # engine, whose own scheduler decides what runs in each step. One stop sentinel per thread.
-        lanes = [threading.Thread(target=self._serve, args=(backend, jobs), daemon=True,
-                                  name=f"{threading.current_thread().name}-lane{i}")
-                 for i in range(1, self.spec.parallel)] if backend is not None else []
-        for lane in lanes:
-            lane.start()
-        self._serve(backend, jobs)
-        join_threads(lanes)
-        if backend is not None:
-            backend.close()
-
-    def _serve(self, backend: Backend | None, jobs: queue.Queue) -> None:
-        # Embedding jobs queued behind this one may be merged into one engine call (gateway.models.batcher).
-        gatherer = batcher.Gatherer(jobs, lambda gathered: self.admitted - self.running - jobs.qsize() > gathered)
-        taken: list[Job | None] = []  # a job the gatherer took that runs next
-        while True:
-            job = taken.pop() if taken else jobs.get()
-            if job is None:
-                break
-            if backend is None or self.state == ModelState.failed:
-                fail(self.loop, job, ModelUnavailable(f"model {self.name!r} failed to load: {self.error}"))
-                continue
-            if job.batch is not None and job.future is not None:
-                group, taken = gatherer.gather(job)
-                self._execute_batch(backend, group)
-            else:
-                self._execute(backend, job)
-
-    @property
-    def slots(self) -> int:
-        """Requests this model runs at once: replicas × parallel sequences each."""
-        return self.spec.replicas * self.spec.parallel
-
-    def stop_workers(self) -> None:
-        """One stop sentinel per job thread (surplus ones are dropped with the queue at the next load)."""
-        for _ in range(self.slots):
-            self._jobs.put(None)
 
     async def ready(self) -> None:
         if self.state == ModelState.ready or self.retired:
@@ -279,44 +170,6 @@ class ModelHandle:
             self.submitted -= 1
         self.last_used = time.monotonic()
         self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (self.last_used - started)
-
-    def _execute(self, backend: Backend, job: Job) -> None:
-        if time.monotonic() > job.deadline:
-            fail(self.loop, job, ModelUnavailable(
-                f"model {self.name!r}: the request waited longer than {self.spec.queue_timeout_s:g}s in the queue",
-                retry_after=self._avg_seconds, code="queue_timeout"))
-            return
-        taken([job], self.name)
-        with self._count:  # several job threads per replica when `parallel` > 1
-            self.running += 1
-        try:
-            if job.future is not None:
-                if not job.future.cancelled():
-                    settle(self.loop, job.future, job.work, backend)
-                return
-            pump(job.channel, job.work, backend)
-        finally:
-            with self._count:
-                self.running -= 1
-
-    def _execute_batch(self, backend: Backend, group: list[Job]) -> None:
-        """Mergeable jobs (gateway.models.batcher) in one engine call; expired and abandoned ones are skipped."""
-        live = []
-        for job in group:
-            if time.monotonic() > job.deadline:
-                self._execute(backend, job)  # answers queue_timeout
-            elif not job.future.cancelled():
-                live.append(job)
-        if not live:
-            return
-        taken(live, self.name)
-        with self._count:
-            self.running += len(live)
-        try:
-            batcher.run(self.loop, backend, live, deliver)
-        finally:
-            with self._count:
-                self.running -= len(live)
 
     def _submit(self, job: Job) -> None:
         if not any(t.is_alive() for t in self._threads):
@@ -428,13 +281,3 @@ class ModelHandle:
         finally:
             channel.close()  # stops the producer at its next step if we leave early
             self._release(started, submitted)
-
-def join_threads(threads: list[threading.Thread], timeout: float | None = None) -> None:
-    for thread in threads:
-        thread.join(timeout)
-
-
-def size_on_disk(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

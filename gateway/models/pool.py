@@ -17,7 +17,8 @@ from typing import Iterator
 
 from gateway.manifest import hub
 from gateway.manifest.plan import Plan
-from gateway.models.handle import ModelHandle, size_on_disk
+from gateway.models.handle import ModelHandle
+from gateway.models.replicas import size_on_disk
 from gateway.models.state import ModelState, ModelUnavailable
 from schemas.manifest import ModelSpec, ServerSettings
 
