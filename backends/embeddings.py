@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends.base import Backend
-from backends.errors import BackendError
+from backends.errors import BackendError, LoadError
 
 
 @dataclass
@@ -175,13 +175,18 @@ class EmbeddingBackend(Backend):
         raise NotImplementedError
 
 
-def read_options(options: dict[str, Any], known: dict[str, type]) -> dict[str, Any]:
-    """Pop this backend's own options (checked types) out of the manifest's `options`."""
+def read_options(options: dict[str, Any], known: dict[str, type], positive: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Pop this backend's own options (checked types; the `positive` ones > 0) out of the manifest's
+    `options`. Every embedding and rerank engine reads its options here, so a wrong one fails the
+    load with the same message whichever engine serves the model."""
     own = {}
     for key, kind in known.items():
         if key in options:
             value = options.pop(key)
             if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                raise TypeError(f"option {key!r} must be {kind.__name__}, got {value!r}")
+                raise LoadError(f"option {key!r} must be {kind.__name__}, got {value!r}")
             own[key] = value
+    for key in positive:
+        if own.get(key) is not None and own[key] <= 0:
+            raise LoadError(f"option {key} must be > 0")
     return own

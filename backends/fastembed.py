@@ -174,16 +174,10 @@ class FastembedBackend(EmbeddingBackend):
         except ImportError as exc:
             raise LoadError(f"fastembed is not installed: {exc}") from exc
         options = dict(spec.options)
-        try:
-            own = read_options(options, OPTIONS)
-        except TypeError as exc:
-            raise LoadError(str(exc)) from exc
+        own = read_options(options, OPTIONS, positive=("max_length", "max_batch_tokens"))
         pooling = own.get("pooling", "mean")
         if pooling not in ("mean", "cls", "none"):
             raise LoadError(f"option pooling must be mean, cls or none, got {pooling!r}")
-        for key in ("max_length", "max_batch_tokens"):
-            if own.get(key) is not None and own[key] <= 0:
-                raise LoadError(f"option {key} must be > 0")
         folder, model_file = locate(path, own.get("model_file"))
         model_config = _read_json(folder / "config.json")
         positions = model_config.get("max_position_embeddings")

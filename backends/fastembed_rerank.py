@@ -92,13 +92,8 @@ class FastembedRerankBackend(RerankBackend):
         except ImportError as exc:
             raise LoadError(f"fastembed is not installed: {exc}") from exc
         options = dict(spec.options)
-        try:
-            own = read_options(options, OPTIONS)
-        except TypeError as exc:
-            raise LoadError(str(exc)) from exc
-        for key in ("max_length", "max_batch_tokens", "max_documents", "max_document_chars"):
-            if own.get(key) is not None and own[key] <= 0:
-                raise LoadError(f"option {key} must be > 0")
+        own = read_options(options, OPTIONS, positive=("max_length", "max_batch_tokens", "max_documents",
+                                                       "max_document_chars"))
         folder, model_file = locate(path, own.get("model_file"))
         positions = _read_json(folder / "config.json").get("max_position_embeddings")
         if own.get("max_length") and isinstance(positions, int) and own["max_length"] > positions:

@@ -62,10 +62,7 @@ class LlamaEmbedBackend(EmbeddingBackend):
         except ImportError as exc:
             raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
         path = gguf_file(path)
-        try:
-            own = read_options(dict(spec.options), OPTIONS)
-        except TypeError as exc:
-            raise LoadError(str(exc)) from exc
+        own = read_options(dict(spec.options), OPTIONS)
         # non-causal attention needs a whole batch in one micro-batch
         defaults: dict[str, Any] = {"embedding": True, "n_batch": spec.nctx, "n_ubatch": spec.nctx}
         if "pooling" in own:

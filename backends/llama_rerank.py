@@ -85,10 +85,7 @@ class LlamaRerankBackend(RerankBackend):
         except ImportError as exc:
             raise LoadError(f"llama-cpp-python is not installed: {exc}") from exc
         path = gguf_file(path)
-        try:
-            own = read_options(dict(spec.options), OPTIONS)
-        except TypeError as exc:
-            raise LoadError(str(exc)) from exc
+        own = read_options(dict(spec.options), OPTIONS)
         check_head(path)
         defaults = {"embedding": True, "n_batch": spec.nctx, "n_ubatch": spec.nctx,
                     "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_RANK}

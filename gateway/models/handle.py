@@ -217,6 +217,24 @@ class ModelHandle(ReplicaThreads):
         finally:
             self._release(started, submitted)
 
+    async def call_batched(self, key: str, item: Any, size: int,
+                           run: Callable[[Backend, list[Any]], list[Any]]) -> Any:
+        """`run(backend, [item])[0]` on a replica thread, or merged there with queued jobs of the same
+        `key` into one `run` over all their items (gateway.models.batcher), bounded by the model's
+        `embed_batch_max` inputs and `embed_batch_wait_ms`. `run` answers one result or exception per
+        item: this item's exception is raised here, its batch-mates' are theirs."""
+        spec = self.current().spec
+        batch = batcher.Batch(key=key, size=size, item=item, run=run, limit=spec.embed_batch_max,
+                              wait_s=spec.embed_batch_wait_ms / 1000)
+
+        def alone(backend: Backend) -> Any:
+            outcome = run(backend, [item])[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return await self.call(alone, batch=batch)
+
     async def call_beside(self, work: Callable[[Backend], Any], allowed: str = "tokenizes_beside_generation") -> Any:
         """Run read-only engine work (tokenizing, rendering the chat template, counting a prompt) on a
         thread of its own, beside the replicas' decode slots, so that it never waits behind a generation.

@@ -17,7 +17,6 @@ from gateway.api.common import parse_body, validate
 from gateway.api.ollama.translate import model_name
 from gateway.api.openai.embeddings import Pending, run_batch
 from gateway.http.core import HTTPError, Request, Response, json_response
-from gateway.models.batcher import Batch
 from schemas.embeddings import EmbeddingRequest
 from schemas.ollama import OllamaEmbeddingsRequest, OllamaEmbedRequest
 
@@ -29,18 +28,8 @@ async def embed_once(gw: "Gateway", request: Request, fields: dict[str, Any]) ->
     """The /v1/embeddings answer (as a dict) for these fields, through the model's micro-batcher."""
     body: EmbeddingRequest = validate(EmbeddingRequest, fields)
     handle = gw.select_model(body.model, "embed", request.path)
-    spec = handle.current().spec
     item = Pending(body, handle.name, body.inputs())
-    batch = Batch(key="embed", size=len(item.inputs), item=item, run=run_batch, limit=spec.embed_batch_max,
-                  wait_s=spec.embed_batch_wait_ms / 1000)
-
-    def alone(backend: Any) -> bytes:
-        outcome = run_batch(backend, [item])[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    return orjson.loads(await handle.call(alone, batch=batch))
+    return orjson.loads(await handle.call_batched("embed", item, len(item.inputs), run_batch))
 
 
 async def embed(gw: "Gateway", request: Request) -> Response:

@@ -36,7 +36,6 @@ from backends.base import Backend
 from backends.embeddings import EmbedResult, l2_normalize
 from gateway.api.common import parse_body
 from gateway.http.core import HTTPError, Request, Response, Route
-from gateway.models.batcher import Batch
 from gateway.observability import metrics
 from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 
@@ -123,19 +122,9 @@ def _alone(backend: Backend, inputs: list, truncate: bool) -> EmbedResult | Base
 async def embeddings(gw: "Gateway", request: Request) -> Response:
     body: EmbeddingRequest = parse_body(EmbeddingRequest, request)
     handle = gw.select_model(body.model, "embed", request.path)
-    spec = handle.current().spec
     item = Pending(body, handle.name, body.inputs())
-    batch = Batch(key="embed", size=len(item.inputs), item=item, run=run_batch, limit=spec.embed_batch_max,
-                  wait_s=spec.embed_batch_wait_ms / 1000)
-    payload = await handle.call(lambda backend: _single(backend, item), batch=batch)
+    payload = await handle.call_batched("embed", item, len(item.inputs), run_batch)
     return Response(200, {"content-type": "application/json"}, payload)
-
-
-def _single(backend: Backend, item: Pending) -> bytes:
-    outcome = run_batch(backend, [item])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
 
 
 ROUTES = [

@@ -28,7 +28,6 @@ from backends.base import Backend
 from backends.rerank import RerankScores
 from gateway.api.common import parse_body
 from gateway.http.core import Request, Response, Route
-from gateway.models.batcher import Batch
 from gateway.observability import metrics
 from schemas.rerank import RerankRequest, RerankResponse
 
@@ -73,21 +72,11 @@ def run_batch(backend: Backend, items: list[Pending]) -> list[bytes | BaseExcept
             for item, result in zip(items, results)]
 
 
-def _single(backend: Backend, item: Pending) -> bytes:
-    outcome = run_batch(backend, [item])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 async def rerank(gw: "Gateway", request: Request) -> Response:
     body: RerankRequest = parse_body(RerankRequest, request)
     handle = gw.select_model(body.model, "rerank", request.path)
-    spec = handle.current().spec
     item = Pending(body, handle.name, body.texts())
-    batch = Batch(key="rerank", size=len(item.documents), item=item, run=run_batch, limit=spec.embed_batch_max,
-                  wait_s=spec.embed_batch_wait_ms / 1000)
-    payload = await handle.call(lambda backend: _single(backend, item), batch=batch)
+    payload = await handle.call_batched("rerank", item, len(item.documents), run_batch)
     return Response(200, {"content-type": "application/json"}, payload)
 
 
