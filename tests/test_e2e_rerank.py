@@ -110,9 +110,12 @@ def test_gguf_reranker_answers_the_engines_own_scores(server, gguf_path):
     ({"query": "q" * 301, "documents": ["a"]}, "query"),
 ])
 def test_bad_requests_are_400s_naming_the_field(server, body, param):
+    calls = metric(server.url, "nexa_rerank_batch_requests_count", model="bow-reranker")
     response = post(server, model="bow-reranker", **body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+    # refused before the model's queue: no engine call was made for it
+    assert metric(server.url, "nexa_rerank_batch_requests_count", model="bow-reranker") == calls
 
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(server):

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from backends.base import Backend
-from backends.rerank import RerankScores
+from backends.rerank import RerankBackend, RerankScores
 from gateway.api.common import parse_body
 from gateway.http.core import Request, Response, Route
 from gateway.observability import metrics
@@ -76,6 +76,9 @@ async def rerank(gw: "Gateway", request: Request) -> Response:
     body: RerankRequest = parse_body(RerankRequest, request)
     handle = gw.select_model(body.model, "rerank", request.path)
     item = Pending(body, handle.name, body.texts())
+    loaded = handle.current().backend
+    if isinstance(loaded, RerankBackend):  # a local engine's limits answer at once, not after the queue
+        loaded.check(body.query, item.documents)
     payload = await handle.call_batched("rerank", item, len(item.documents), run_batch)
     return Response(200, {"content-type": "application/json"}, payload)
 
