@@ -6,6 +6,7 @@ behaviour and shapes, never which words the model says."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -253,6 +254,23 @@ def test_a_corrupt_state_file_is_a_503_naming_it_and_stateless_requests_still_wo
 
 
 # -- a shared Redis: two gateways, and outages ------------------------------------------------------
+
+
+def test_concurrent_item_additions_to_one_conversation_are_all_kept(client, server):
+    conversation = client.conversations.create()
+
+    async def add_all() -> None:
+        async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {KEY}"},
+                                     timeout=60) as http:
+            answers = await asyncio.gather(*[
+                http.post(f"/v1/conversations/{conversation.id}/items",
+                          json={"items": [{"type": "message", "role": "user", "content": f"note {n}"}]})
+                for n in range(12)])
+        assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+
+    asyncio.run(add_all())
+    items = client.conversations.items.list(conversation.id, limit=100).data
+    assert sorted(item.content[0].text for item in items) == sorted(f"note {n}" for n in range(12))
 
 
 def test_two_gateways_on_one_redis_continue_each_others_responses_and_conversations(start_server, tmp_path,

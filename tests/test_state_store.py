@@ -12,8 +12,8 @@ import time
 import pytest
 
 from gateway.state.base import Limits, ObjectTooLarge, StateUnavailable
-from gateway.state.urls import open_store
 from gateway.state.sqlite_store import SCHEMA_VERSION
+from gateway.state.urls import open_store
 
 pytestmark = pytest.mark.timeout(120)
 BACKENDS = ["memory", "sqlite", "redis"]
@@ -72,6 +72,52 @@ def test_put_get_delete_and_copies(url):
         assert await store.delete("alice", "response", "resp_1") is False
         assert await store.get("alice", "response", "resp_1") is None
         assert await store.stats() == {"objects": 0, "bytes": 0}
+
+    run(url, body)
+
+
+def test_replace_writes_only_over_the_version_it_read(url):
+    async def body(store):
+        await store.put("alice", "conversation", "conv_1", {"items": [1]})
+        value, version = await store.read("alice", "conversation", "conv_1")
+        assert value == {"items": [1]}
+        await store.put("alice", "conversation", "conv_1", {"items": [1, 2]})  # another writer got in first
+        assert await store.replace("alice", "conversation", "conv_1", {"items": [1, 3]}, version) is False
+        assert await store.get("alice", "conversation", "conv_1") == {"items": [1, 2]}
+        value, version = await store.read("alice", "conversation", "conv_1")
+        assert await store.replace("alice", "conversation", "conv_1", {"items": [1, 2, 3]}, version) is True
+        assert await store.get("alice", "conversation", "conv_1") == {"items": [1, 2, 3]}
+        assert (await store.stats())["objects"] == 1
+        await store.delete("alice", "conversation", "conv_1")
+        assert await store.replace("alice", "conversation", "conv_1", {"items": []}, version) is False
+        assert await store.get("alice", "conversation", "conv_1") is None
+        assert await store.read("alice", "conversation", "conv_1") is None
+        assert await store.update("alice", "conversation", "conv_1", lambda v: v) is None
+
+    run(url, body)
+
+
+def test_concurrent_updates_all_land(url):
+    """Twenty appends at once to one object, half through a second store on the same place where the
+    backend can share one: none overwrites another (a plain get-then-put loses most of them)."""
+    async def body(first):
+        second = open_store(url, Limits()) if not url.startswith("memory") else first
+        await second.start()
+        try:
+            await first.put("alice", "conversation", "conv_1", {"items": []})
+
+            def adding(n):
+                def change(value):
+                    value["items"].append(n)
+                    return value
+                return change
+
+            await asyncio.gather(*[(first if n % 2 else second).update("alice", "conversation", "conv_1", adding(n))
+                                   for n in range(20)])
+            assert sorted((await first.get("alice", "conversation", "conv_1"))["items"]) == list(range(20))
+        finally:
+            if second is not first:
+                await second.close()
 
     run(url, body)
 

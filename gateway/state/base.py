@@ -6,6 +6,10 @@ The Responses and Conversations APIs keep their objects here, whatever the backe
 only name its own objects. Values are stored encoded (JSON bytes), so every backend
 counts the same bytes, and a value read back is a copy nobody else holds.
 
+Read-modify-write goes through `update`: it reads an object with its version (a digest of its
+stored bytes) and writes only if nobody changed it meanwhile, trying again otherwise, so two
+requests (or two gateways sharing a store) appending to one conversation both keep their items.
+
 A backend that cannot answer raises `StateUnavailable`, a 503 with a clear message:
 stateless requests never touch the store, so they are served while it is down.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -50,6 +55,7 @@ class Limits:
 
 
 OFF_LOOP_BYTES = 64 * 1024  # larger objects are encoded and decoded on a worker thread
+UPDATE_ATTEMPTS = 20  # `update` gives up (a 503) after this many writers got in first in a row
 
 
 def owner_of(api_key: str | None) -> str:
@@ -63,6 +69,12 @@ def encode(value: dict[str, Any]) -> bytes:
 
 def decode(data: bytes | str) -> dict[str, Any]:
     return json.loads(data)
+
+
+def version_of(data: bytes) -> str:
+    """An object's version: the SHA-1 of its stored bytes (what Redis's `redis.sha1hex` gives, so a
+    Lua script can compare it where the object is)."""
+    return hashlib.sha1(data).hexdigest()
 
 
 class Store(ABC):
@@ -94,6 +106,31 @@ class Store(ABC):
         """Store (or replace) an object; it expires `limits.ttl_s` from now and counts as the newest."""
 
     @abstractmethod
+    async def read(self, owner: str, kind: str, key: str) -> tuple[dict[str, Any], str] | None:
+        """The object and its version (`version_of` its stored bytes), for `replace`; None as `get`."""
+
+    @abstractmethod
+    async def replace(self, owner: str, kind: str, key: str, value: dict[str, Any], version: str) -> bool:
+        """`put` only if the live object is still the one `read` saw at `version`, in one step no
+        other writer can come between; False (nothing written) when it changed, expired or went."""
+
+    async def update(self, owner: str, kind: str, key: str,
+                     change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any] | None:
+        """Read, `change`, write back unless another writer got in first, then again from its
+        version; the value written, or None when there is no such object."""
+        for attempt in range(UPDATE_ATTEMPTS):
+            found = await self.read(owner, kind, key)
+            if found is None:
+                return None
+            value, version = found
+            value = change(value)
+            if await self.replace(owner, kind, key, value, version):
+                return value
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # let the other writer finish
+        raise StateUnavailable(f"{kind} {key!r} changed {UPDATE_ATTEMPTS} times while this request tried to "
+                               "update it; try again.")
+
+    @abstractmethod
     async def delete(self, owner: str, kind: str, key: str) -> bool:
         """Whether an object was there to delete."""
 
@@ -120,3 +157,10 @@ class Store(ABC):
 async def decoded(data: bytes | str) -> dict[str, Any]:
     """`decode` off the event loop when the object is large (small ones are not worth a thread)."""
     return decode(data) if len(data) < OFF_LOOP_BYTES else await asyncio.to_thread(decode, data)
+
+
+async def versioned(data: bytes) -> tuple[dict[str, Any], str]:
+    """(`decode`, `version_of`) of stored bytes, off the event loop when they are large."""
+    if len(data) < OFF_LOOP_BYTES:
+        return decode(data), version_of(data)
+    return await asyncio.to_thread(lambda: (decode(data), version_of(data)))

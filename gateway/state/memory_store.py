@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.state.base import Store, decoded
+from gateway.state.base import Store, decoded, version_of, versioned
 
 Address = tuple[str, str, str]  # (owner, kind, key)
 
@@ -35,19 +35,38 @@ class MemoryStore(Store):
 
     async def get(self, owner: str, kind: str, key: str) -> dict[str, Any] | None:
         with self._lock:
-            entry = self._entries.get((owner, kind, key))
-            if entry is None or entry.expires <= self.clock():
-                return None
-        return await decoded(entry.data)
+            entry = self._live((owner, kind, key))
+        return await decoded(entry.data) if entry is not None else None
 
     async def put(self, owner: str, kind: str, key: str, value: dict[str, Any]) -> None:
         data = await self.encoded(value)
         with self._lock:
-            self._drop((owner, kind, key))
-            self._entries[(owner, kind, key)] = _Entry(data, self.clock() + self.limits.ttl_s)
-            self._bytes += len(data)
-            self._counts[kind] = self._counts.get(kind, 0) + 1
-            self._evict(kind)
+            self._store((owner, kind, key), data)
+
+    async def read(self, owner: str, kind: str, key: str) -> tuple[dict[str, Any], str] | None:
+        with self._lock:
+            entry = self._live((owner, kind, key))
+        return await versioned(entry.data) if entry is not None else None
+
+    async def replace(self, owner: str, kind: str, key: str, value: dict[str, Any], version: str) -> bool:
+        data = await self.encoded(value)
+        with self._lock:
+            entry = self._live((owner, kind, key))
+            if entry is None or version_of(entry.data) != version:
+                return False
+            self._store((owner, kind, key), data)
+            return True
+
+    def _live(self, address: Address) -> _Entry | None:
+        entry = self._entries.get(address)
+        return entry if entry is not None and entry.expires > self.clock() else None
+
+    def _store(self, address: Address, data: bytes) -> None:
+        self._drop(address)
+        self._entries[address] = _Entry(data, self.clock() + self.limits.ttl_s)
+        self._bytes += len(data)
+        self._counts[address[1]] = self._counts.get(address[1], 0) + 1
+        self._evict(address[1])
 
     async def delete(self, owner: str, kind: str, key: str) -> bool:
         with self._lock:

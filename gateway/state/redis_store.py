@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.state.base import StateUnavailable, Store, decoded
+from gateway.state.base import StateUnavailable, Store, decoded, versioned
 
 TIMEOUT_S = 3.0
 PREFIX = "nexa:state:"
@@ -39,10 +39,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', p .. 'expiry', '-inf', now)) do drop(key) end
 """
 
-# ARGV: prefix, key, kind, value, ttl_ms, max_count (-1: none), max_bytes
+# ARGV: prefix, key, kind, value, ttl_ms, max_count (-1: none), max_bytes, version ("": any) -> 1, or 0
+# when a version was given and the live object's bytes no longer have it (`replace`)
 PUT = _DROP + """
 local key, kind, value = ARGV[2], ARGV[3], ARGV[4]
 local ttl, max_count, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if ARGV[8] ~= '' then
+  local seen = redis.call('GET', key)
+  if not seen or redis.sha1hex(seen) ~= ARGV[8] then return 0 end
+end
 drop(key)
 redis.call('SET', key, value, 'PX', ttl)
 redis.call('HSET', p .. 'sizes', key, #value)
@@ -133,12 +138,22 @@ class RedisStore(Store):
         return await decoded(data) if data is not None else None
 
     async def put(self, owner: str, kind: str, key: str, value: dict[str, Any]) -> None:
+        await self._put(owner, kind, key, value, "")
+
+    async def read(self, owner: str, kind: str, key: str) -> tuple[dict[str, Any], str] | None:
+        data = await self._call(self._redis().get(self._key(owner, kind, key)))
+        return await versioned(data) if data is not None else None
+
+    async def replace(self, owner: str, kind: str, key: str, value: dict[str, Any], version: str) -> bool:
+        return await self._put(owner, kind, key, value, version)
+
+    async def _put(self, owner: str, kind: str, key: str, value: dict[str, Any], version: str) -> bool:
         data = await self.encoded(value)
         self._redis()
         limit = self.limits.max_count.get(kind)
-        await self._call(self._scripts["put"](args=[
+        return bool(await self._call(self._scripts["put"](args=[
             PREFIX, self._key(owner, kind, key), kind, data, max(1, int(self.limits.ttl_s * 1000)),
-            -1 if limit is None else limit, self.limits.max_bytes]))
+            -1 if limit is None else limit, self.limits.max_bytes, version])))
 
     async def delete(self, owner: str, kind: str, key: str) -> bool:
         self._redis()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gateway.state.base import StateUnavailable, Store, decoded
+from gateway.state.base import StateUnavailable, Store, decoded, version_of, versioned
 
 log = logging.getLogger("nexa.state")
 
@@ -168,36 +168,54 @@ class SqliteStore(Store):
     # -- the contract -----------------------------------------------------------------------
 
     async def get(self, owner: str, kind: str, key: str) -> dict[str, Any] | None:
-        now = self.clock()
-        row = await self._run(lambda db: db.execute(
-            "SELECT value FROM objects WHERE owner = ? AND kind = ? AND key = ? AND expires > ?",
-            (owner, kind, key, now)).fetchone())
-        return await decoded(row[0]) if row else None
+        data = await self._run(lambda db: self._value(db, owner, kind, key))
+        return await decoded(data) if data is not None else None
 
     async def put(self, owner: str, kind: str, key: str, value: dict[str, Any]) -> None:
-        limits = self.limits
-
         def write(db: sqlite3.Connection) -> None:
             data = self.sized(value)  # here, on the worker thread: a large object's JSON takes a while
             with transaction(db):
-                _put(db, data, self.clock())
-
-        def _put(db: sqlite3.Connection, data: bytes, now: float) -> None:
-            freed = _freed(db.execute("DELETE FROM objects WHERE (owner = ? AND kind = ? AND key = ?) OR expires <= ? "
-                                      "RETURNING bytes", (owner, kind, key, now)))
-            db.execute("INSERT INTO objects (owner, kind, key, value, bytes, expires) VALUES (?, ?, ?, ?, ?, ?)",
-                       (owner, kind, key, data, len(data), now + limits.ttl_s))
-            limit = limits.max_count.get(kind)
-            if limit is not None:
-                freed += _freed(db.execute("DELETE FROM objects WHERE seq IN (SELECT seq FROM objects WHERE kind = ? "
-                                           "ORDER BY seq DESC LIMIT -1 OFFSET ?) RETURNING bytes", (kind, limit)))
-            total = db.execute("SELECT bytes FROM totals").fetchone()[0] - freed + len(data)
-            while total > limits.max_bytes:
-                total -= _freed(db.execute("DELETE FROM objects WHERE seq = (SELECT MIN(seq) FROM objects) "
-                                           "RETURNING bytes"))
-            db.execute("UPDATE totals SET bytes = ?", (total,))
+                self._write(db, owner, kind, key, data)
 
         await self._run(write)
+
+    async def read(self, owner: str, kind: str, key: str) -> tuple[dict[str, Any], str] | None:
+        data = await self._run(lambda db: self._value(db, owner, kind, key))
+        return await versioned(data) if data is not None else None
+
+    async def replace(self, owner: str, kind: str, key: str, value: dict[str, Any], version: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            data = self.sized(value)
+            with transaction(db):  # the comparison and the write hold one write lock: no writer between
+                seen = self._value(db, owner, kind, key)
+                if seen is None or version_of(seen) != version:
+                    return False
+                self._write(db, owner, kind, key, data)
+                return True
+
+        return await self._run(write)
+
+    def _value(self, db: sqlite3.Connection, owner: str, kind: str, key: str) -> bytes | None:
+        row = db.execute("SELECT value FROM objects WHERE owner = ? AND kind = ? AND key = ? AND expires > ?",
+                         (owner, kind, key, self.clock())).fetchone()
+        return row[0] if row else None
+
+    def _write(self, db: sqlite3.Connection, owner: str, kind: str, key: str, data: bytes) -> None:
+        """Inside a write transaction: store the object, then drop what the bounds no longer allow."""
+        limits, now = self.limits, self.clock()
+        freed = _freed(db.execute("DELETE FROM objects WHERE (owner = ? AND kind = ? AND key = ?) OR expires <= ? "
+                                  "RETURNING bytes", (owner, kind, key, now)))
+        db.execute("INSERT INTO objects (owner, kind, key, value, bytes, expires) VALUES (?, ?, ?, ?, ?, ?)",
+                   (owner, kind, key, data, len(data), now + limits.ttl_s))
+        limit = limits.max_count.get(kind)
+        if limit is not None:
+            freed += _freed(db.execute("DELETE FROM objects WHERE seq IN (SELECT seq FROM objects WHERE kind = ? "
+                                       "ORDER BY seq DESC LIMIT -1 OFFSET ?) RETURNING bytes", (kind, limit)))
+        total = db.execute("SELECT bytes FROM totals").fetchone()[0] - freed + len(data)
+        while total > limits.max_bytes:
+            total -= _freed(db.execute("DELETE FROM objects WHERE seq = (SELECT MIN(seq) FROM objects) "
+                                       "RETURNING bytes"))
+        db.execute("UPDATE totals SET bytes = ?", (total,))
 
     async def delete(self, owner: str, kind: str, key: str) -> bool:
         now = self.clock()

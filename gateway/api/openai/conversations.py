@@ -52,9 +52,9 @@ async def retrieve(gw: "Gateway", request: Request) -> Response:
 
 async def update(gw: "Gateway", request: Request) -> Response:
     body: ConversationUpdate = parse_body(ConversationUpdate, request)
-    store, who, conversation = await _load(gw, request)
-    conversation["metadata"] = body.metadata
-    await stored.save_conversation(store, who, conversation)
+    conversation = await stored.change_conversation(stored.store_of(gw), stored.owner(),
+                                                    request.path_params["conversation_id"],
+                                                    lambda conversation: conversation.update(metadata=body.metadata))
     return json_response(stored.public(conversation))
 
 
@@ -74,9 +74,7 @@ async def add_items(gw: "Gateway", request: Request) -> Response:
     body: ItemsCreate = parse_body(ItemsCreate, request)
     store, who, conversation = await _load(gw, request)
     items = await stored_items(store, who, body.items, "items")
-    conversation["items"] += items
-    await stored.save_conversation(store, who, conversation)
-    await stored.point_items(store, who, items, {"conversation": conversation["id"]})
+    await stored.append_to_conversation(store, who, conversation["id"], items, param=None)
     return json_response({"object": "list", "data": items, "first_id": items[0]["id"], "last_id": items[-1]["id"],
                           "has_more": False})
 
@@ -96,9 +94,11 @@ async def retrieve_item(gw: "Gateway", request: Request) -> Response:
 
 async def delete_item(gw: "Gateway", request: Request) -> Response:
     """Answers the conversation, as OpenAI's does."""
-    store, who, conversation = await _load(gw, request)
-    del conversation["items"][_item_at(conversation, request.path_params["item_id"])]
-    await stored.save_conversation(store, who, conversation)
+    def remove(conversation: dict[str, Any]) -> None:
+        del conversation["items"][_item_at(conversation, request.path_params["item_id"])]
+
+    conversation = await stored.change_conversation(stored.store_of(gw), stored.owner(),
+                                                    request.path_params["conversation_id"], remove)
     return json_response(stored.public(conversation))
 
 

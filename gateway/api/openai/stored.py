@@ -13,7 +13,7 @@ even learn that it exists.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from gateway.http.core import HTTPError, Request
 from gateway.http.security import current_key
@@ -117,12 +117,25 @@ async def save_conversation(store: Store, who: str, conversation: dict[str, Any]
     await store.put(who, CONVERSATION, conversation["id"], conversation)
 
 
-async def append_to_conversation(store: Store, who: str, conversation_id: str, items: list[dict[str, Any]]) -> None:
-    """Read again just before writing, so another request's items appended meanwhile are kept (two
-    writers at the very same moment can still lose one's items: the store has no transactions)."""
-    conversation = await load_conversation(store, who, conversation_id, "conversation")
-    conversation["items"] += items
-    await save_conversation(store, who, conversation)
+async def change_conversation(store: Store, who: str, conversation_id: str,
+                              change: Callable[[dict[str, Any]], None], param: str | None = None) -> dict[str, Any]:
+    """`change` the stored conversation in place through the store's `update`, so concurrent changes
+    (two requests, or two gateways on one store) are all kept: none writes over another's."""
+    def changed(conversation: dict[str, Any]) -> dict[str, Any]:
+        change(conversation)
+        return conversation
+
+    conversation = await store.update(who, CONVERSATION, conversation_id, changed)
+    if conversation is None:
+        raise conversation_not_found(conversation_id, param)
+    return conversation
+
+
+async def append_to_conversation(store: Store, who: str, conversation_id: str, items: list[dict[str, Any]],
+                                 param: str | None = "conversation") -> None:
+    """Each batch of items in one piece, in the order the writes landed."""
+    await change_conversation(store, who, conversation_id, lambda conversation: conversation["items"].extend(items),
+                              param)
     await point_items(store, who, items, {"conversation": conversation_id})
 
 
