@@ -91,12 +91,12 @@ class Engine:
     def __init__(self, args: argparse.Namespace, path: Path, options: dict):
         import llama_cpp
 
-        from backends.llama_load import llama_kwargs
+        from backends.llama_load import generation_defaults, llama_kwargs
         from schemas.manifest import ModelSpec
 
         spec = ModelSpec(name="gemma", source="gemma", nctx=args.nctx, n_threads=args.threads, device="cpu",
                          options=options)
-        self.llm = llama_cpp.Llama(**llama_kwargs(spec, path))
+        self.llm = llama_cpp.Llama(**llama_kwargs(spec, path, generation_defaults(spec)))
         self.url = ""
 
     def stop(self) -> None:
@@ -122,7 +122,7 @@ def llama_bench(binary: str, path: Path, size: int, threads: int) -> list[list]:
 
 
 def main() -> None:
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     parser = argparse.ArgumentParser()
