@@ -25,7 +25,7 @@ from backends import tools as tools_mod
 from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams, TokenLogprob, Usage
 from backends.chat_template import CHATML_TEMPLATE, rendering
 from backends.errors import BackendError, LoadError
-from backends.llama_load import gguf_file, llama_kwargs, open_llama
+from backends.llama_load import generation_defaults, gguf_file, llama_kwargs, open_llama
 from backends.tool_stream import CallStream
 from schemas.manifest import ModelSpec
 
@@ -61,7 +61,7 @@ class LlamaBackend(Backend):
         if importlib.util.find_spec("llama_cpp") is None:
             raise LoadError("llama-cpp-python is not installed")
         path = gguf_file(path)
-        backend = cls(spec, path, open_llama(path, llama_kwargs(spec, path)))
+        backend = cls(spec, path, open_llama(path, llama_kwargs(spec, path, generation_defaults(spec))))
         backend.attach_cache()
         return backend
 

@@ -33,7 +33,7 @@ from backends.base import Cancelled, SamplingParams, TokenLogprob
 from backends.batch_stats import BATCH_BUCKETS, BatchStats  # noqa: F401 (their old home)
 from backends.errors import BackendError, LoadError
 from backends.llama import LlamaBackend, token_logprob
-from backends.llama_load import gguf_file, llama_kwargs, open_llama
+from backends.llama_load import generation_defaults, gguf_file, llama_kwargs, open_llama
 from backends.prompt_cache import PromptCache, common_prefix
 from backends.textloop import Prefill
 from schemas.manifest import ModelSpec
@@ -104,6 +104,7 @@ class BatchEngine:
         self.memory = self.ctx.memory
         self.batch = llama_cpp.llama_batch_init(chunk, 0, 1)
         self.vocab = private.vocab(llm)
+        self.n_swa = int(llama_cpp.llama_model_n_swa(llm.model))  # sliding-window attention: see `_admit`
         self.slots = [Slot(i) for i in range(n_seq)]
         self.stats = BatchStats()
         self._pending: list[SeqRequest] = []
@@ -221,6 +222,9 @@ class BatchEngine:
                     default=None)
         shared = common_prefix(donor.tokens, prompt) if donor is not None else 0
         keep, shared = min(keep, len(prompt) - 1), min(shared, len(prompt) - 1)  # the last one makes the logits
+        if self.n_swa:  # a sliding-window cache holds only the cells near a sequence's end: check before any cut
+            keep = keep if llama_cache.window_held(self.ctx.ctx, slot.seq, keep, self.n_swa) else 0
+            shared = shared if shared and llama_cache.window_held(self.ctx.ctx, donor.seq, shared, self.n_swa) else 0
         restored = None
         if self.cache is not None:  # save what the slot held if it is about to go; restore a longer prefix
             found, restored = llama_cache.prepare_slot(self.ctx.ctx, slot.seq, slot.tokens, max(keep, shared),
@@ -367,7 +371,7 @@ class BatchedLlamaBackend(LlamaBackend):
         path = gguf_file(path)
         chunk = int(spec.options.get("n_batch", DEFAULT_CHUNK))
         # the Llama object only tokenizes and holds the model; the engine's context is the batched one
-        llm = open_llama(path, llama_kwargs(spec, path, n_ctx=32, n_batch=32, n_ubatch=32))
+        llm = open_llama(path, llama_kwargs(spec, path, generation_defaults(spec), n_ctx=32, n_batch=32, n_ubatch=32))
         opened = llama_cache.open_cache(spec, path, llm)
         try:
             engine = BatchEngine(llm, spec.parallel, spec.nctx, chunk, cache=opened[1] if opened else None,

@@ -82,6 +82,7 @@ def prepare_single(llm: Any, cache: PromptCache, prompt: list[int], boundary: in
     that will not be evaluated (cached tokens)."""
     live = llm.input_ids[: llm.n_tokens].copy()
     keep = common_prefix(live, prompt)
+    held = window_held(llm.ctx, 0, min(keep, len(prompt) - 1), cache.n_swa)  # before `save` cuts anything
     saved = save(llm.ctx, 0, live, keep, boundary, cache)
     if saved is not None and len(saved) < len(live):  # trimmed to its prompt (sliding-window models)
         private.adopt_tokens(llm, saved)
@@ -96,6 +97,10 @@ def prepare_single(llm: Any, cache: PromptCache, prompt: list[int], boundary: in
         else:  # the sequence is empty now, and so is what the Llama believes
             private.adopt_tokens(llm, [])
             keep = 0
+    elif keep and not held:
+        clear(llm.ctx, 0)  # the live prefix lacks its window's cells: `Llama.generate` prefills it all
+        private.adopt_tokens(llm, [])
+        keep = 0
     exact = llm.n_tokens == len(prompt) and not private.needs_eval(llm)
     cached = reused(keep, len(prompt), exact)
     cache.count(prompt=len(prompt), cached=cached, restored=restored)
@@ -110,7 +115,7 @@ def save(ctx: Any, seq: int, tokens: Any, keep: int, boundary: int, cache: Promp
     few tokens of slack (SWA_SLACK), which a next turn does extend."""
     if cache.n_swa:
         cut = min(len(tokens), boundary) - SWA_SLACK
-        if cut <= keep or not cache.save_worthwhile(tokens[:cut], keep):
+        if cut <= keep or not cache.save_worthwhile(tokens[:cut], keep) or not window_held(ctx, seq, cut, cache.n_swa):
             return None
         import llama_cpp
 
@@ -132,17 +137,36 @@ def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bo
                     extra={"event": "prompt_cache_refused", "tokens": len(entry.tokens)})
         return False
     if cache.n_swa:
-        import llama_cpp
-
-        memory = llama_cpp.llama_get_memory(ctx)
-        entry.pos_min = llama_cpp.llama_memory_seq_pos_min(memory, seq)
-        if entry.pos_min > max(0, keep - cache.n_swa):
+        entry.pos_min = pos_min(ctx, seq)
+        if not window_held(ctx, seq, keep, cache.n_swa):
             log.info("prompt cache: a %d-token state starts at position %d, too late to continue after %d tokens "
                      "(sliding window %d); prefilling instead", len(entry.tokens), entry.pos_min, keep, cache.n_swa,
                      extra={"event": "prompt_cache_window", "tokens": len(entry.tokens), "pos_min": entry.pos_min})
-            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+            clear(ctx, seq)
             return False
     return True
+
+
+def pos_min(ctx: Any, seq: int) -> int:
+    """The first position whose cells sequence `seq` still holds (-1: none)."""
+    import llama_cpp
+
+    return int(llama_cpp.llama_memory_seq_pos_min(llama_cpp.llama_get_memory(ctx), seq))
+
+
+def window_held(ctx: Any, seq: int, keep: int, n_swa: int) -> bool:
+    """Whether sequence `seq` can be continued after its first `keep` tokens. A sliding-window model's next
+    token attends to the window's cells before `keep`; a sliding-window cache that is not full-size (the
+    text engines' default, `swa_full: false`: about n_swa + n_ubatch cells) has overwritten the cells of
+    positions far behind the sequence's end, so a prefix much shorter than the sequence may lack them.
+    llama-server's rule: the sequence must hold every position from `keep - n_swa` on."""
+    return not n_swa or keep <= 0 or pos_min(ctx, seq) <= max(0, keep - n_swa)
+
+
+def clear(ctx: Any, seq: int) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), seq, -1, -1)
 
 
 def save_finished(ctx: Any, seq: int, tokens: Any, boundary: int, cache: PromptCache) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import LoadError
-from schemas.manifest import Device, ModelSpec
+from schemas.manifest import Device, ModelSpec, ModelType
 
 # `options:` the gateway reads itself (backends/options.py), never passed to `llama_cpp.Llama`.
 GATEWAY_OPTIONS = frozenset({"chat_template", "mmproj_probe", "mmproj_probe_timeout_s", "max_image_pixels",
@@ -56,6 +56,28 @@ def gpu_layers(spec: ModelSpec) -> int:
 
         return -1 if llama_cpp.llama_supports_gpu_offload() else 0
     return -1
+
+
+def generation_defaults(spec: ModelSpec) -> dict[str, Any]:
+    """Prompt processing as llama.cpp's own server runs it, where llama-cpp-python's defaults differ
+    (bench/RESULTS.md §16 measures each; `options:` still override them):
+
+    - `swa_full: false` for text models (llama.cpp's context default is a full-size cache for
+      sliding-window layers; llama-server's is not): Gemma 3's 512-token window layers keep and attend
+      over about n_swa + n_ubatch cells instead of the whole prompt (prefill 1.3× faster at 4k tokens,
+      1.8× at 16k). A prefix then stays reusable only while its window's cells are still held; the text
+      engines check that (backends/llama_cache.py `window_held`) and prefill instead, as llama-server
+      does. Vision handlers reuse prefixes on their own, so MULTIMODAL models keep the full-size cache;
+    - `n_batch: 2048` (llama-cpp-python 512): `Llama.eval` makes one `llama_decode` per `n_batch` tokens,
+      each split into `n_ubatch` (512) micro-batches by llama.cpp.
+
+    Flash attention stays off (llama-server's `-fa auto` turns it on): on 2 CPU threads it was slower with
+    the window-sized cache (§16), and its CPU kernel accumulates in f16, so answers would depend more on
+    how a prompt is split into batches."""
+    defaults: dict[str, Any] = {"n_batch": 2048}
+    if spec.type == ModelType.NLP:
+        defaults["swa_full"] = False
+    return defaults
 
 
 def llama_kwargs(spec: ModelSpec, path: Path, defaults: dict[str, Any] | None = None, **fixed: Any) -> dict[str, Any]:

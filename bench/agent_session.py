@@ -131,7 +131,7 @@ def main() -> None:
 
     servers = {"cache off": gateway(prompt_cache=0), "cache on": gateway()}
     if args.llama_server:
-        from gateway import hub
+        from gateway.manifest import hub
         from schemas.manifest import ModelSpec
 
         path = hub.fetch(ModelSpec(name="gemma", source="gemma"))

@@ -26,7 +26,7 @@ def main() -> None:
 
     from backends import prompt_cache
     from backends.llama_load import llama_kwargs
-    from gateway import hub
+    from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
     parser = argparse.ArgumentParser()

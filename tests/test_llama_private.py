@@ -13,7 +13,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 
 from backends import llama_private as private  # noqa: E402
-from backends.llama_load import GATEWAY_OPTIONS, llama_kwargs  # noqa: E402
+from backends.llama_load import GATEWAY_OPTIONS, generation_defaults, llama_kwargs  # noqa: E402
 from backends.options import LlamaEmbedOptions, LlamaOptions, LlamaRerankOptions, VisionOptions  # noqa: E402
 from schemas.manifest import Device, ModelSpec  # noqa: E402
 
@@ -54,3 +54,18 @@ def test_llama_kwargs_layers_manifest_defaults_options_and_fixed():
                       "n_threads_batch": 3, "n_batch": 64, "embedding": True}
     assert llama_kwargs(spec.model_copy(update={"options": {}, "n_threads": None}), Path("x")) == {
         "model_path": "x", "n_ctx": 512, "n_gpu_layers": 0, "verbose": False}
+
+
+def test_text_models_load_with_llama_servers_prompt_processing_defaults():
+    """The generation engines open their context as llama-server does where llama-cpp-python differs
+    (bench/RESULTS.md §16): n_batch 2048 and a sliding-window cache of the window's size for text models;
+    `options:` still win."""
+    text = ModelSpec(name="m", source="x.gguf", nctx=4096, n_threads=2, device=Device.cpu)
+    kwargs = llama_kwargs(text, Path("x"), generation_defaults(text))
+    assert (kwargs["n_batch"], kwargs["swa_full"]) == (2048, False)
+    assert "n_ubatch" not in kwargs and "flash_attn" not in kwargs  # llama-cpp-python's 512 and off
+    chosen = text.model_copy(update={"options": {"flash_attn": True, "swa_full": True, "n_batch": 512}})
+    kwargs = llama_kwargs(chosen, Path("x"), generation_defaults(chosen))
+    assert (kwargs["n_batch"], kwargs["flash_attn"], kwargs["swa_full"]) == (512, True, True)
+    vision = ModelSpec(name="v", source="x.gguf", type="MULTIMODAL", mmproj="p.gguf", device=Device.cpu)
+    assert "swa_full" not in generation_defaults(vision)  # its chat handler reuses prefixes on its own

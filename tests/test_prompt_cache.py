@@ -233,3 +233,36 @@ def test_a_sliding_window_model_restores_only_what_its_state_can_continue(gemma_
     finally:
         cached.close()
         plain.close()
+
+
+@pytest.mark.parametrize("prompt_cache", [0, "256MiB"])
+def test_a_live_prefix_whose_window_cells_are_gone_is_prefilled_not_continued(gemma_path, prompt_cache):
+    """Text models keep a sliding-window cache of about the window's size (`swa_full: false`, llama-server's
+    default): after a long prompt, the cells of early positions are overwritten, so a prompt sharing only an
+    early part of the context cannot continue from it (its window's cells are gone) and is prefilled whole,
+    with the answer a fresh context gives; a prompt extending the context still reuses it."""
+    from backends.registry import backend_for
+
+    def load(name):
+        spec = ModelSpec(name=name, source=str(gemma_path), nctx=4096, n_threads=2, device="cpu",
+                         prompt_cache=prompt_cache)
+        return backend_for(spec).load(spec, gemma_path)
+
+    def run(backend, tokens):
+        deltas = list(backend.complete(tokens, GREEDY, lambda: False))
+        return "".join(d.text for d in deltas), deltas[-1].usage
+
+    used, fresh = load(f"gemma-used-{prompt_cache}"), load(f"gemma-fresh-{prompt_cache}")
+    try:
+        long = used.tokenize("The river valley: " + " ".join(f"In {1000 + i} Ardel built bridge {i}." for i in range(160)))
+        early = long[:300] + used.tokenize(" But the chronicle says otherwise:", add_bos=False)
+        assert len(long) > 1500 and used.llm.context_params.swa_full is False
+        run(used, long)
+        _, extended = run(used, long + used.tokenize(" Then the town", add_bos=False))
+        assert extended.cached_tokens >= len(long) - 16  # the window's cells behind the end are held
+        answer, usage = run(used, early)
+        assert usage.cached_tokens == 0  # 300 tokens in common, but their window's cells were overwritten
+        assert answer == run(fresh, early)[0]
+    finally:
+        used.close()
+        fresh.close()
