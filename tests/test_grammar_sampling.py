@@ -53,7 +53,8 @@ def backends(request, smollm2_path: Path, gemma_path: Path):
     alone.close()
 
 
-def _run(backend, case: str, candidate_first: bool, max_tokens: int = 40) -> tuple[list, list]:
+def _run(backend, case: str, candidate_first: bool, max_tokens: int = 40, repeat_penalty: float = 1.0
+         ) -> tuple[list, list]:
     """(sampled tokens with their logprobs, the deltas' text/finish/tool calls) of one greedy chat."""
     from backends.llama_batch import BatchedLlamaBackend
 
@@ -72,7 +73,8 @@ def _run(backend, case: str, candidate_first: bool, max_tokens: int = 40) -> tup
     backend.sample_tokens = recording
     try:
         messages, options = CASES[case]
-        params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=2, seed=0)
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=2, seed=0,
+                                repeat_penalty=repeat_penalty)
         deltas = list(backend.chat(messages, params, lambda: False, options))
     finally:
         del backend.sample_tokens
@@ -81,9 +83,10 @@ def _run(backend, case: str, candidate_first: bool, max_tokens: int = 40) -> tup
     return sampled, shown
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# repeat_penalty 1.0 (the default): llama.cpp builds the first pick's candidates; with a penalty numpy does
+@pytest.mark.parametrize("case, repeat_penalty", [(case, 1.0) for case in CASES] + [("json_schema", 1.3)])
 @pytest.mark.parametrize("engine", ["alone", "batched"])
-def test_greedy_output_equals_the_grammar_in_the_chain(backends, case, engine, monkeypatch):
+def test_greedy_output_equals_the_grammar_in_the_chain(backends, case, engine, repeat_penalty, monkeypatch):
     from backends.grammar_sampling import CandidateFirstSampler
 
     backend = backends[0] if engine == "alone" else backends[1]
@@ -102,9 +105,9 @@ def test_greedy_output_equals_the_grammar_in_the_chain(backends, case, engine, m
     # across batch shapes), enough to move a near tie.
     _run(backend, case, candidate_first=False, max_tokens=2)
     checks.update(allowed=0, rejected=0)
-    reference = _run(backend, case, candidate_first=False)
+    reference = _run(backend, case, candidate_first=False, repeat_penalty=repeat_penalty)
     assert checks == {"allowed": 0, "rejected": 0}  # the reference never went through the new sampler
-    fast = _run(backend, case, candidate_first=True)
+    fast = _run(backend, case, candidate_first=True, repeat_penalty=repeat_penalty)
     assert fast == reference
     tokens = len(fast[0])
     assert tokens >= 2 and checks["allowed"] + checks["rejected"] >= tokens  # a check per sampled token
