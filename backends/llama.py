@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from backends import json_grammar, llama_cache, textloop
+from backends import grammar_sampling, json_grammar, llama_cache, textloop
 from backends import llama_private as private
 from backends import tools as tools_mod
 from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams, TokenLogprob, Usage
@@ -46,6 +46,9 @@ class LlamaBackend(Backend):
     # Counting a prompt's tokens (template + tokenizer) needs no decode slot and touches no context:
     # the gateway may run it beside a generation instead of queueing it behind one.
     counts_beside = True
+    # False: the grammar sits inside llama-cpp-python's chain and filters the whole vocabulary every step
+    # (the old path, kept as the reference the greedy-equality tests compare against; not a user switch).
+    candidate_first = True
 
     def __init__(self, spec: ModelSpec, path: Path, llm: Any):
         super().__init__(spec, path)
@@ -265,6 +268,10 @@ class LlamaBackend(Backend):
             self._held_prompt = len(prompt_tokens)
         started = time.perf_counter()
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        undo = None
+        if grammar is not None:  # the grammar checks the sampled token first (backends/grammar_sampling.py)
+            undo = private.sample_with(llm, lambda sampling: grammar_sampling.make_sampler(
+                llm, candidate_first=self.candidate_first, **sampling))
         tokens = llm.generate(
             prompt_tokens,
             top_k=params.top_k,
@@ -287,6 +294,8 @@ class LlamaBackend(Backend):
         finally:
             self._generating = False
             tokens.close()
+            if undo is not None:
+                undo()
             if self.cache is not None and self.spec.replicas > 1:  # any replica may get the next turn
                 live = llm.input_ids[: llm.n_tokens].copy()
                 held = llama_cache.save_finished(llm.ctx, 0, live, len(prompt_tokens), self.cache)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from backends import llama_cache
+from backends import grammar_sampling, llama_cache
 from backends import llama_private as private
 from backends.base import Cancelled, SamplingParams, TokenLogprob
 from backends.batch_stats import BATCH_BUCKETS, BatchStats  # noqa: F401 (their old home)
@@ -79,6 +79,8 @@ class Slot:
 
 class BatchEngine:
     """The scheduler: owns the batched context; `submit` is its only entry point from other threads."""
+
+    candidate_first = True  # as LlamaBackend.candidate_first: False only in the tests' reference runs
 
     def __init__(self, llm: Any, n_seq: int, n_ctx_seq: int, chunk: int = DEFAULT_CHUNK,
                  cache: PromptCache | None = None, save_finished: bool = False):
@@ -256,13 +258,16 @@ class BatchEngine:
             self.cache.count(prompt=len(prompt), cached=keep, restored=restored is not None and keep > 0)
 
     def _sampler(self, request: SeqRequest) -> Any:
-        """The sampler chain `Llama.generate` would build for these parameters (penalties, grammar,
-        then greedy, or top-k/typical/top-p/min-p/temperature/dist with the request's seed)."""
+        """The sampler `LlamaBackend.sample_tokens` would use for these parameters: the chain
+        `Llama.generate` builds (penalties, then greedy, or top-k/typical/top-p/min-p/temperature/dist
+        with the request's seed), and a grammar checked against the sampled token first
+        (backends/grammar_sampling.py)."""
         p, llm = request.params, self.llm
         llm.set_seed(p.seed if p.seed is not None else random.randrange(2**31))
-        return private.sampler_chain(llm, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
-                                 repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
-                                 presence_penalty=p.presence_penalty, grammar=request.grammar)
+        return grammar_sampling.make_sampler(
+            llm, request.grammar, candidate_first=self.candidate_first, top_k=p.top_k, top_p=p.top_p,
+            min_p=p.min_p, temp=p.temperature, repeat_penalty=p.repeat_penalty,
+            frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty)
 
     def _release(self, slot: Slot, item: Any = _END) -> None:
         if slot.request is not None:
@@ -347,7 +352,7 @@ class BatchEngine:
         import llama_cpp
 
         request = slot.request
-        token = llama_cpp.llama_sampler_sample(slot.sampler.sampler, self.ctx.ctx, index)
+        token = slot.sampler.sample(self.ctx, index)
         top = request.params.logprobs
         logprob = None
         if top is not None:

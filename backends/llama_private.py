@@ -97,8 +97,31 @@ def decode_sequences(llm: Any, sequences: list[list[int]]) -> None:
 def sampler_chain(llm: Any, **sampling: Any) -> Any:
     """The sampler chain `Llama.generate` builds for these parameters (penalties, grammar, then greedy
     or top-k/typical/top-p/min-p/temperature/dist), as its own object: the batched engine samples each
-    sequence with its own chain, so a request gets the same sampling alone or batched."""
-    return llm._init_sampler(**sampling)
+    sequence with its own chain, so a request gets the same sampling alone or batched. Called on the
+    class, so a `sample_with` in force on this `Llama` does not answer it."""
+    return type(llm)._init_sampler(llm, **sampling)
+
+
+def grammar_sampler(llm: Any, grammar: Any) -> Any:
+    """A `LlamaSampler` holding only `grammar`'s sampler (its `.sampler` is what `llama_sampler_apply`
+    and `llama_sampler_accept` take), for checking one candidate token at a time
+    (backends/grammar_sampling.py). `LlamaSampler.add_grammar` reads the model and the grammar's text
+    from `Llama._model` and `LlamaGrammar._grammar`/`_root`, which have no public getters."""
+    from llama_cpp._internals import LlamaSampler
+
+    sampler = LlamaSampler()
+    sampler.add_grammar(llm._model, grammar)
+    return sampler
+
+
+def sample_with(llm: Any, build: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
+    """Make this `Llama`'s next `generate` sample with `build(sampling)` (an object with
+    `sample(ctx, idx)`, like `LlamaSampler`) instead of the chain it would build from the same
+    arguments; returns the undo. `Llama.generate` calls `self._init_sampler(**sampling)` once and
+    then `self._sampler.sample(self._ctx, idx)` each step, and takes no sampler of its own; keeping
+    `generate` as the token loop keeps its prompt-prefix reuse, which the prompt cache relies on."""
+    llm._init_sampler = lambda **sampling: build(sampling)
+    return lambda: llm.__dict__.pop("_init_sampler", None)
 
 
 def on_close(llm: Any, callback: Callable[[], None]) -> None:

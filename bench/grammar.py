@@ -1,13 +1,15 @@
 """Grammar-constrained decode speed against plain decode, per model (issue 19 §4).
 
-    .venv/bin/python bench/grammar.py [--models smollm2 gemma] [--rounds 5] [--tokens 96]
+    .venv/bin/python bench/grammar.py [--models smollm2 gemma] [--formats json_object json_schema] [--rounds 5]
 
 The same engine in-process (LlamaBackend, what the gateway runs) generates from one prompt with no
-grammar and under the strict JSON grammar of `response_format: json_object` (backends/json_grammar.py),
-sides alternated, greedy, a fixed token budget and no stop. Decode tokens/s exclude the prompt (time
-from the first token to the last). The ratio constrained/plain shows what the grammar costs per
-token: llama.cpp's sampler checks every candidate of the vocabulary against the grammar, so a large
-vocabulary (Gemma: 262k) pays more than a small one (SmolLM2: 49k).
+grammar and under the strict JSON grammars of `response_format` (backends/json_grammar.py), greedy,
+a fixed token budget and no stop, sides alternated. Each grammar runs two ways: the grammar inside
+llama-cpp-python's sampler chain, checking every token of the vocabulary each step (`chain`, the old
+path), and the sampled token checked first (`cand.`, backends/grammar_sampling.py, what the gateway
+runs). Decode tokens/s exclude the prompt (time from the first token to the last); the ratio is
+constrained/plain. `json_schema` forces a city object of five fields (Gemma 3 270M answers
+`json_object` with `{}` alone, too short to time).
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from schemas.manifest import ModelSpec  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Describe a city of your choice as a JSON object with many fields: "
                                       "name, country, population, landmarks, history, climate, food."}]
+FORMATS = {
+    "json_object": {"type": "json_object"},
+    "json_schema": {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "country": {"type": "string"},
+                                         "population": {"type": "integer"},
+                                         "landmarks": {"type": "array", "items": {"type": "string"}},
+                                         "history": {"type": "string"}},
+        "required": ["name", "country", "population", "landmarks", "history"]}}},
+}
 
 
 def decode_rate(backend, options: ChatOptions | None, tokens: int) -> tuple[float, int]:
@@ -44,9 +55,35 @@ def decode_rate(backend, options: ChatOptions | None, tokens: int) -> tuple[floa
     return (count - 1) / (last - first), count
 
 
+def measure(backend, formats: list[str], rounds: int, tokens: int) -> dict[str, tuple[float, int]]:
+    """Median (tokens/s, tokens) per side: plain, then each format in the chain and candidate-first."""
+    sides = {"plain": (None, True)}
+    for name in formats:
+        options = ChatOptions(response_format=FORMATS[name])
+        sides[f"{name} chain"] = (options, False)
+        sides[f"{name} cand."] = (options, True)
+
+    def run(side: str, budget: int) -> tuple[float, int]:
+        options, candidate_first = sides[side]
+        backend.candidate_first = candidate_first
+        try:
+            return decode_rate(backend, options, budget)
+        finally:
+            backend.candidate_first = True
+
+    for side in sides:  # warm-up
+        run(side, 8)
+    results: dict[str, list[tuple[float, int]]] = {side: [] for side in sides}
+    for round_index in range(rounds):
+        for side in alternate(round_index, list(sides)):
+            results[side].append(run(side, tokens))
+    return {side: (median([r for r, _ in got]), int(median([n for _, n in got]))) for side, got in results.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "gemma"])
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
@@ -59,20 +96,14 @@ def main() -> None:
     for name in args.models:
         spec = ModelSpec(name=name, source=name, nctx=2048, n_threads=args.threads, prompt_cache=0)
         backend = backend_for(spec).load(spec, Path(hub.fetch(spec)))
-        sides = {"plain": None, "json_object": ChatOptions(response_format={"type": "json_object"})}
-        rates: dict[str, list[float]] = {side: [] for side in sides}
         try:
-            for side, options in sides.items():  # warm-up
-                decode_rate(backend, options, 8)
-            for round_index in range(args.rounds):
-                for side in alternate(round_index, list(sides)):
-                    rate, _ = decode_rate(backend, sides[side], args.tokens)
-                    rates[side].append(rate)
+            got = measure(backend, args.formats, args.rounds, args.tokens)
         finally:
             backend.close()
-        plain, constrained = median(rates["plain"]), median(rates["json_object"])
-        rows.append([name, f"{plain:.1f}", f"{constrained:.1f}", f"{constrained / plain:.2f}"])
-    print(table(["model", "plain decode tok/s", "json_object decode tok/s", "ratio"], rows))
+        plain = got["plain"][0]
+        for side, (rate, count) in got.items():
+            rows.append([name, side, str(count), f"{rate:.1f}", f"{rate / plain:.2f}"])
+    print(table(["model", "side", "tokens", "decode tok/s", "ratio to plain"], rows))
     print(f"machine at end: {machine()}")
 
 

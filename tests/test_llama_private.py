@@ -31,9 +31,14 @@ def test_the_private_names_still_exist():
                        (_internals.LlamaModel, ("token_get_text", "n_ctx_train", "vocab")),
                        (_internals.LlamaContext, ("get_logits", "kv_cache_clear", "decode", "ctx")),
                        (_internals.LlamaBatch, ("reset", "add_sequence")),
+                       (_internals.LlamaSampler, ("add_grammar", "sampler", "sample", "close")),
+                       (llama_cpp.LlamaGrammar, ("_grammar", "_root")),
                        (llama_chat_format.MTMDChatHandler, ("_mtmd_cpp", "mtmd_ctx"))):
         assert [n for n in names if not has(cls, n)] == [], cls
     assert "model" in inspect.signature(_internals.LlamaContext).parameters
+    # private.sample_with: generate builds its sampler once through _init_sampler, sample uses it each step
+    assert "self._sampler = self._init_sampler(" in inspect.getsource(llama_cpp.Llama.generate)
+    assert "self._sampler.sample(self._ctx, " in inspect.getsource(llama_cpp.Llama.sample)
     assert hasattr(mtmd_cpp, "_libmtmd")
     for hook in ("_init_mtmd_context", "_create_bitmap_from_bytes", "load_image", "_get_chat_template",
                  "_get_template_messages"):  # overridden by backends/vision.py's _GatewayHandler
