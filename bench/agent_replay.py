@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
-
 import httpx
 
 
@@ -25,8 +23,8 @@ def _post(client: httpx.Client, url: str, body: dict) -> tuple[dict, float]:
     response = client.post(url, json=body)
     seconds = time.perf_counter() - started
     if response.status_code != 200:
-        return {"error": response.status_code, "body": response.text[:300]}, seconds
-    return response.json(), seconds
+        return {"_status": response.status_code, "body": response.text[:300]}, seconds
+    return {**response.json(), "_status": 200}, seconds
 
 
 def anthropic(base: str, key: str, first: dict, work: Path, max_tokens: int) -> list[dict]:
@@ -56,10 +54,11 @@ def anthropic(base: str, key: str, first: dict, work: Path, max_tokens: int) -> 
 
 def _anthropic_summary(answer: dict) -> dict:
     usage = answer.get("usage") or {}
-    return {"status": answer.get("error", 200), "stop": answer.get("stop_reason"),
+    return {"status": answer["_status"], "stop": answer.get("stop_reason"),
             "prompt": usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0),
             "cached": usage.get("cache_read_input_tokens", 0), "generated": usage.get("output_tokens", 0),
-            "output": json.dumps(answer.get("content") or answer.get("body"), ensure_ascii=False)[:200]}
+            "output": " ".join(f"{b['name']}({json.dumps(b['input'])})" if b.get("type") == "tool_use" else
+                               repr(b.get("text", ""))[:80] for b in answer.get("content") or []) or answer.get("body")}
 
 
 def responses(base: str, key: str, first: dict, work: Path, max_tokens: int) -> list[dict]:
@@ -88,10 +87,12 @@ def responses(base: str, key: str, first: dict, work: Path, max_tokens: int) -> 
 
 def _responses_summary(answer: dict) -> dict:
     usage = answer.get("usage") or {}
-    out: Any = answer.get("output") or answer.get("body")
-    return {"status": answer.get("error", 200), "stop": answer.get("status"), "prompt": usage.get("input_tokens", 0),
+    out = " ".join(f"{i['name']}({i['arguments']})" if i.get("type") == "function_call" else
+                   repr("".join(p.get("text", "") for p in i.get("content") or []))[:80]
+                   for i in answer.get("output") or []) or answer.get("body")
+    return {"status": answer["_status"], "stop": answer.get("status"), "prompt": usage.get("input_tokens", 0),
             "cached": (usage.get("input_tokens_details") or {}).get("cached_tokens", 0),
-            "generated": usage.get("output_tokens", 0), "output": json.dumps(out, ensure_ascii=False)[:200]}
+            "generated": usage.get("output_tokens", 0), "output": out}
 
 
 REPLAYS = {"claude": anthropic, "codex": responses}

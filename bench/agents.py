@@ -192,7 +192,7 @@ def run_client(name: str, args: argparse.Namespace, out: Path) -> None:
         print(table(["step", "status", "stop", "prompt", "cached", "gen", "prefill t/s", "s", "output"],
                     [[s["step"], s["status"], s["stop"], s["prompt"], s["cached"], s["generated"],
                       generations.get(f"replay-{i + 1:04d}", {}).get("prefill_tokens_per_s", "-"),
-                      f"{s['seconds']:.1f}", s["output"][:90]] for i, s in enumerate(replay)]))
+                      f"{s['seconds']:.1f}", str(s["output"])[:110]] for i, s in enumerate(replay)]))
     print(f"(transcript, requests and gateway log: {folder})")
     sys.stdout.flush()
 
