@@ -24,6 +24,13 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Where an answer under CHATML_TEMPLATE ends. A model that brings no template does not know these markers
+# as special tokens, so no end-of-generation token ends its turn: having read them in the prompt, a base
+# model writes them as text and goes on inventing the next turns (Gemma 3 270M under Claude Code's and
+# Codex's prompts: thousands of tokens, "<|im_start|>user" and all, until its output cap). The engines that
+# chose this template stop at them, as chat models trained on ChatML stop at their own `<|im_end|>`.
+CHATML_STOPS = ("<|im_end|>", "<|im_start|>")
+
 REJECTED = "the model's chat template rejected these messages"
 
 

@@ -110,14 +110,24 @@ SUBSCHEMA, SUBSCHEMA_LISTS, SUBSCHEMA_MAPS = (
 )
 
 
+# Length bounds above this are dropped. The converter unrolls `maxLength: N` into N nested optional
+# characters (and `maxItems` alike): Claude Code's Workflow tool says `maxLength: 524288`, a 4 MB grammar
+# whose nesting overflowed the engine thread's stack, a segfault of the whole gateway at the first tool
+# call. The output budget (max_tokens, grammar_max_tokens) bounds such values long before these limits.
+MAX_UNROLLED = 1000
+_BOUNDS = ("maxLength", "maxItems")
+
+
 def _annotations_mean_any(schema: Any) -> Any:
     """`{"description": ...}` alone means "any value" in JSON Schema (agents such as Claude Code send
-    such properties), but llama-cpp-python's converter rejects it; `{}` it reads as any value."""
+    such properties), but llama-cpp-python's converter rejects it; `{}` it reads as any value. Length
+    bounds above MAX_UNROLLED are dropped on the way (see there)."""
     if not isinstance(schema, dict):
         return schema
     if schema and set(schema) <= ANNOTATIONS:
         return {}
-    out = dict(schema)
+    out = {k: v for k, v in schema.items()
+           if not (k in _BOUNDS and isinstance(v, (int, float)) and v > MAX_UNROLLED)}
     for key in SUBSCHEMA:
         if isinstance(out.get(key), dict):
             out[key] = _annotations_mean_any(out[key])

@@ -23,7 +23,7 @@ from backends import grammar_sampling, json_grammar, llama_cache, textloop
 from backends import llama_private as private
 from backends import tools as tools_mod
 from backends.base import Backend, Cancelled, ChatOptions, Delta, SamplingParams, TokenLogprob, Usage
-from backends.chat_template import CHATML_TEMPLATE, rendering
+from backends.chat_template import CHATML_STOPS, CHATML_TEMPLATE, rendering
 from backends.errors import BackendError, LoadError
 from backends.llama_load import generation_defaults, gguf_file, llama_kwargs, open_llama
 from backends.tool_stream import CallStream
@@ -108,6 +108,12 @@ class LlamaBackend(Backend):
             self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         return self._formatter
 
+    def _template_stops(self) -> tuple[str, ...]:
+        """Where a chat answer ends beyond the model's end-of-generation tokens: the fallback template's
+        turn markers when the gateway chose that template (chat_template.CHATML_STOPS)."""
+        own = self.spec.options.get("chat_template") or self.llm.metadata.get("tokenizer.chat_template")
+        return () if own else CHATML_STOPS
+
     def render_chat(self, messages: list[dict], **template_vars: Any) -> str:
         with rendering():
             return self._chat_formatter()(messages=messages, **template_vars).prompt
@@ -135,6 +141,8 @@ class LlamaBackend(Backend):
             grammar = _response_grammar(options.response_format)
             if grammar:
                 return json_grammar.checked_json(self.generate(prompt, replace(params, grammar=grammar), cancelled))
+        params = replace(params, stop=[*params.stop, *self._template_stops()])  # prose only: not inside JSON
+        if mode == "none":
             return self.generate(prompt, params, cancelled)
         grammar = _json_grammar(tools_mod.call_schema(functions))
         if tools_mod.allows_parallel(tool_choice, options.parallel_tool_calls):

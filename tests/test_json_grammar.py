@@ -110,3 +110,17 @@ def test_the_old_grammar_breaks_json_and_that_is_a_500_not_a_400(llama, monkeypa
         if len(broken) == 2:
             break
     assert broken == {tool_call, json_answer}
+
+
+def test_a_huge_length_bound_is_dropped_and_a_small_one_kept():
+    # Claude Code's Workflow tool: `"maxLength": 524288` unrolled into a 4 MB grammar nested 524,288 deep,
+    # which overflowed the engine thread's stack (a segfault of the gateway) at the first tool call.
+    huge = json_grammar.json_grammar({"type": "object", "properties": {
+        "script": {"type": "string", "maxLength": 524288},
+        "steps": {"type": "array", "items": {"type": "string"}, "maxItems": 100000}}, "required": ["script"]})
+    unbounded = json_grammar.json_grammar({"type": "object", "properties": {
+        "script": {"type": "string"}, "steps": {"type": "array", "items": {"type": "string"}}},
+        "required": ["script"]})
+    assert huge == unbounded
+    small = json_grammar.json_grammar({"type": "string", "maxLength": 8})
+    assert small != json_grammar.json_grammar({"type": "string"}) and len(small) < 5000
