@@ -299,6 +299,8 @@ class LlamaBackend(Backend):
                                                time.perf_counter() - started)
                 top = params.logprobs
                 yield token, (token_logprob(llm, private.last_logits(llm), token, top) if top is not None else None)
+                if i == 0 and self.cache is not None:  # the context holds the prompt alone until the next step
+                    llama_cache.checkpoint(llm.ctx, 0, prompt_tokens, prefill.cached_tokens, self.cache)
         finally:
             self._generating = False
             tokens.close()

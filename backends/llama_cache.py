@@ -58,6 +58,7 @@ def open_cache(spec: ModelSpec, path: Path, llm: Any) -> tuple[tuple, PromptCach
     key = cache_key(spec, path)
     cache = prompt_cache.acquire(key, capacity(spec, llm))
     cache.n_swa = int(llama_cpp.llama_model_n_swa(llm.model))  # sliding-window attention: see `save`
+    cache.swa_window_only = not llm.context_params.swa_full  # a window-sized cache: see `checkpoint`
     return key, cache
 
 
@@ -86,7 +87,7 @@ def prepare_single(llm: Any, cache: PromptCache, prompt: list[int], boundary: in
     saved = save(llm.ctx, 0, live, keep, boundary, cache)
     if saved is not None and len(saved) < len(live):  # trimmed to its prompt (sliding-window models)
         private.adopt_tokens(llm, saved)
-    entry, length = cache.best(prompt, keep)
+    entry, length = cache.best(prompt, keep if held else 0)  # a live prefix without its window is worth nothing
     restored = False
     if entry is not None:
         started = time.perf_counter()
@@ -124,8 +125,18 @@ def save(ctx: Any, seq: int, tokens: Any, keep: int, boundary: int, cache: Promp
     elif not cache.save_worthwhile(tokens, keep):
         return None
     data, size = prompt_cache.save_state(ctx, seq)
-    cache.put(tokens, data, size)
+    cache.put(tokens, data, size, pos_min(ctx, seq) if cache.n_swa else None)
     return tokens
+
+
+def checkpoint(ctx: Any, seq: int, prompt: Any, cached: int, cache: PromptCache) -> None:
+    """Save a sliding-window model's state as its prompt's prefill ends (llama-server's context checkpoints).
+    A window-sized cache (`swa_full: false`) loses the prompt end's window cells once the answer runs past
+    the window, so `save`'s cut back to the prompt finds nothing left to save, and the next turn that goes
+    on from the prompt (after a side call, or with the answer sent back changed) would be prefilled whole."""
+    if cache.n_swa and cache.swa_window_only and cache.save_worthwhile(prompt, cached):
+        data, size = prompt_cache.save_state(ctx, seq)
+        cache.put(prompt, data, size, pos_min(ctx, seq))
 
 
 def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bool:

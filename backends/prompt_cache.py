@@ -79,6 +79,7 @@ class PromptCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self.n_swa = 0  # the model's sliding window (0: none); set by the engine
+        self.swa_window_only = False  # its sliding-window cells are only the window's (`swa_full: false`)
         self.prefill_s_per_token = PREFILL_S_PER_TOKEN
         self.restore_s_per_byte = RESTORE_S_PER_BYTE
 
@@ -129,19 +130,22 @@ class PromptCache:
 
     # -- contents --------------------------------------------------------------------------
 
-    def put(self, tokens: Any, data: Any, size: int) -> bool:
-        """Keep a saved state; entries it extends are dropped (it serves every prompt they did)."""
+    def put(self, tokens: Any, data: Any, size: int, pos_min: int | None = None) -> bool:
+        """Keep a saved state; entries it extends are dropped when it serves every prompt they did (a
+        sliding-window state whose first position `pos_min` is past an entry's window does not)."""
         tokens = np.array(tokens, dtype=np.int32)
         if not self.enabled or size > self.capacity:
             return False
         with self._lock:
             for key, entry in list(self._entries.items()):
                 if len(entry.tokens) <= len(tokens) and common_prefix(entry.tokens, tokens) == len(entry.tokens):
+                    if self.n_swa and (pos_min is None or pos_min > max(0, len(entry.tokens) - 1 - self.n_swa)):
+                        continue  # the new state lacks the window this entry's end needs: both stay
                     self._drop(key)
             while self._entries and self._bytes + size > self.capacity:
                 self._drop(next(iter(self._entries)))
                 self.stats.evictions += 1
-            entry = Entry(tokens, data, size)
+            entry = Entry(tokens, data, size, pos_min=pos_min)
             self._entries[id(entry)] = entry
             self._bytes += size
             self.stats.saves += 1

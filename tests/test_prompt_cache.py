@@ -266,3 +266,35 @@ def test_a_live_prefix_whose_window_cells_are_gone_is_prefilled_not_continued(ge
     finally:
         used.close()
         fresh.close()
+
+
+@pytest.mark.parametrize("prompt_cache", [0, "256MiB"])
+def test_a_prompt_is_kept_from_its_prefill_when_the_window_moves_past_it(gemma_path, prompt_cache):
+    """Context checkpoints: a window-sized sliding-window cache loses a prompt end's window cells once the
+    sequence runs on past the window (here 700 more prompt tokens, as a long answer would), so a next request
+    that goes on from the first prompt instead (a side branch) can only be served by the state saved as that
+    prompt's prefill ended. Without a cache it is prefilled whole, so the test can fail."""
+    from backends.registry import backend_for
+
+    spec = ModelSpec(name=f"gemma-checkpoint-{prompt_cache}", source=str(gemma_path), nctx=4096, n_threads=2,
+                     device="cpu", prompt_cache=prompt_cache)
+    backend = backend_for(spec).load(spec, gemma_path)
+
+    def run(tokens):
+        return list(backend.complete(tokens, GREEDY, lambda: False))[-1].usage
+
+    try:
+        first = backend.tokenize("The river valley: " + " ".join(f"In {1000 + i} Ardel built bridge {i}." for i in range(100)))
+        onward = first + backend.tokenize(" " + " ".join(f"Then in {1200 + i} the mill {i} turned." for i in range(70)),
+                                          add_bos=False)
+        branch = first + backend.tokenize(" But the chronicle says otherwise:", add_bos=False)
+        assert len(first) > 900 and len(onward) - len(first) > 600 and backend.llm.context_params.swa_full is False
+        run(first)
+        assert run(onward).cached_tokens >= len(first) - 16  # the live context extended
+        usage = run(branch)  # goes on from `first`, whose window's cells the live context no longer holds
+        if prompt_cache:
+            assert usage.cached_tokens >= len(first) - 16
+        else:
+            assert usage.cached_tokens == 0
+    finally:
+        backend.close()
