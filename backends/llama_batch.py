@@ -23,7 +23,6 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +33,7 @@ from backends.batch_stats import BATCH_BUCKETS, BatchStats  # noqa: F401 (their 
 from backends.errors import BackendError, LoadError
 from backends.llama import LlamaBackend, token_logprob
 from backends.llama_load import generation_defaults, gguf_file, llama_kwargs, open_llama
+from backends.llama_slots import SeqRequest, Slot, reuse_prefix
 from backends.prompt_cache import PromptCache, common_prefix
 from backends.textloop import Prefill
 from schemas.manifest import ModelSpec
@@ -43,38 +43,6 @@ log = logging.getLogger("nexa.backends.llama_batch")
 DEFAULT_CHUNK = 512  # tokens per decode step (generating slots first, then prompt chunks)
 MIN_SHARED = 32  # prompt tokens worth waiting for another slot's prefill to copy (see _worth_waiting)
 _END = object()
-
-
-@dataclass(eq=False)
-class SeqRequest:
-    """One generation: its prompt, sampling, and the queue its tokens go out on."""
-
-    prompt: list[int]
-    params: SamplingParams
-    grammar: Any
-    budget: int
-    cancelled: Cancelled
-    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    prefill: Prefill = field(default_factory=Prefill)  # cached tokens, set at admission
-    abandoned: bool = False  # the consumer stopped reading (a stop sequence, an error)
-
-    def gone(self) -> bool:
-        return self.abandoned or self.cancelled()
-
-
-class Slot:
-    """One sequence of the context: the tokens its KV holds, and the request it serves."""
-
-    def __init__(self, seq: int):
-        self.seq = seq
-        self.tokens: list[int] = []  # tokens whose KV is in this sequence, positions 0..n-1
-        self.request: SeqRequest | None = None
-        self.sampler: Any = None
-        self.todo: list[int] = []  # prompt tokens still to evaluate
-        self.last: int | None = None  # sampled, not yet evaluated
-        self.generated = 0
-        self.used = 0.0
-        self.prompt_len = 0  # the prompt length of the request whose KV the sequence holds
 
 
 class BatchEngine:
@@ -206,8 +174,6 @@ class BatchEngine:
                    for s in self.slots)
 
     def _admit(self, request: SeqRequest) -> None:
-        import llama_cpp
-
         if request.gone():
             request.out.put(_END)
             return
@@ -219,31 +185,8 @@ class BatchEngine:
         prompt = request.prompt
         free = [s for s in self.slots if s.request is None]
         slot = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.used))
-        keep = common_prefix(slot.tokens, prompt)
-        donor = max((s for s in self.slots if s is not slot), key=lambda s: common_prefix(s.tokens, prompt),
-                    default=None)
-        shared = common_prefix(donor.tokens, prompt) if donor is not None else 0
-        keep, shared = min(keep, len(prompt) - 1), min(shared, len(prompt) - 1)  # the last one makes the logits
-        if self.n_swa:  # a sliding-window cache holds only the cells near a sequence's end: check before any cut
-            keep = keep if llama_cache.window_held(self.ctx.ctx, slot.seq, keep, self.n_swa) else 0
-            shared = shared if shared and llama_cache.window_held(self.ctx.ctx, donor.seq, shared, self.n_swa) else 0
-        restored = None
-        if self.cache is not None:  # save what the slot held if it is about to go; restore a longer prefix
-            found, restored = llama_cache.prepare_slot(self.ctx.ctx, slot.seq, slot.tokens, max(keep, shared),
-                                                       self.cache, prompt, slot.prompt_len)
-            if restored is not None:
-                slot.tokens, keep, shared = restored, min(found, len(prompt) - 1), 0
-        if restored is not None:
-            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
-        elif shared > keep:  # another sequence holds a longer prefix (a common system prompt): copy its stream
-            # (across streams llama.cpp copies whole streams, so -1, -1; the tail is dropped right after)
-            llama_cpp.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, -1, -1)
-            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, shared, -1)
-            keep = shared
-        elif not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
-            keep = 0
-        slot.tokens, slot.prompt_len = prompt[:keep], len(prompt)
+        keep, restored = reuse_prefix(self.ctx.ctx, slot, self.slots, prompt, self.n_swa, self.cache)
+        slot.prompt_len = len(prompt)
         slot.todo = prompt[keep:]
         slot.last, slot.generated = None, 0
         slot.request, slot.used = request, time.monotonic()
@@ -255,7 +198,7 @@ class BatchEngine:
         self.stats.prefix_hits += keep > 0
         request.prefill.cached_tokens = keep
         if self.cache is not None:
-            self.cache.count(prompt=len(prompt), cached=keep, restored=restored is not None and keep > 0)
+            self.cache.count(prompt=len(prompt), cached=keep, restored=restored)
 
     def _sampler(self, request: SeqRequest) -> Any:
         """The sampler `LlamaBackend.sample_tokens` would use for these parameters: the chain
@@ -360,6 +303,8 @@ class BatchEngine:
         request.out.put((token, logprob))
         slot.generated += 1
         slot.last = token
+        if slot.generated == 1 and self.cache is not None:  # the prefill just ended: the sequence holds the prompt
+            llama_cache.checkpoint(self.ctx.ctx, slot.seq, slot.tokens, request.prefill.cached_tokens, self.cache)
         if llama_cpp.llama_vocab_is_eog(self.vocab, token) or slot.generated >= request.budget:
             self._release(slot)
 

@@ -359,6 +359,10 @@ def test_client_disconnect_stops_generation(fake_server):
     follow_up = httpx.post(url + "/v1/completions", json={"model": "a", "prompt": "p", "max_tokens": 2}, timeout=30)
     assert follow_up.status_code == 200 and follow_up.json()["choices"][0]["text"] == " w0 w1"  # not queued
     assert metric(url, "nexa_generated_tokens_total", model="a") - produced_before < 2000
+    logged = [json.loads(line) for line in fake_server.log().splitlines() if line.startswith("{")]
+    abandoned = [line for line in logged if line.get("event") == "generation" and line.get("model") == "a"
+                 and line.get("finish_reason") == "abandoned"]
+    assert abandoned and 5 <= abandoned[-1]["streamed_deltas"] < 2000 and abandoned[-1]["ttft_ms"] > 0
 
 
 ROBYN_SIGINT = pytest.param(

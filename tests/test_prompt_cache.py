@@ -268,16 +268,18 @@ def test_a_live_prefix_whose_window_cells_are_gone_is_prefilled_not_continued(ge
         fresh.close()
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
 @pytest.mark.parametrize("prompt_cache", [0, "256MiB"])
-def test_a_prompt_is_kept_from_its_prefill_when_the_window_moves_past_it(gemma_path, prompt_cache):
+def test_a_prompt_is_kept_from_its_prefill_when_the_window_moves_past_it(gemma_path, prompt_cache, parallel):
     """Context checkpoints: a window-sized sliding-window cache loses a prompt end's window cells once the
     sequence runs on past the window (here 700 more prompt tokens, as a long answer would), so a next request
     that goes on from the first prompt instead (a side branch) can only be served by the state saved as that
-    prompt's prefill ended. Without a cache it is prefilled whole, so the test can fail."""
+    prompt's prefill ended. Without a cache it is prefilled whole, so the test can fail. The batched engine
+    (`parallel: 2`) saves it as the slot's prefill ends."""
     from backends.registry import backend_for
 
-    spec = ModelSpec(name=f"gemma-checkpoint-{prompt_cache}", source=str(gemma_path), nctx=4096, n_threads=2,
-                     device="cpu", prompt_cache=prompt_cache)
+    spec = ModelSpec(name=f"gemma-checkpoint-{prompt_cache}-{parallel}", source=str(gemma_path), nctx=4096,
+                     n_threads=2, device="cpu", prompt_cache=prompt_cache, parallel=parallel)
     backend = backend_for(spec).load(spec, gemma_path)
 
     def run(tokens):

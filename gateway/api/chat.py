@@ -15,7 +15,7 @@ from gateway.http.core import HTTPError, Request
 from gateway.media.inputs import pixel_limit, resolve_image_parts
 from gateway.models.handle import ModelHandle
 from gateway.observability import metrics
-from gateway.observability.prompt_cache import log_generation
+from gateway.observability.prompt_cache import log_abandoned, log_generation
 from schemas.openai import ChatRequest, CompletionRequest, PromptTokensDetails, SamplingFields, Usage
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
     trace = request.state.get("trace")
     ttft: float | None = None
     last: Delta | None = None
+    count, logged = 0, False
     output: list[str] | None = [] if trace is not None and trace.capture_content else None
     try:
         async for delta in deltas:
@@ -91,13 +92,18 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
                 last = delta
                 if delta.finish_reason:
                     log_generation(handle.name, request.state.get("request_id"), request.state.get("route"),
-                                   delta.usage, ttft)
+                                   delta.usage, ttft, delta.finish_reason)
+                    logged = True
             if output is not None:
                 output.append(delta.text)
+            count += 1
             yield delta
     finally:
         await deltas.aclose()
         elapsed = time.perf_counter() - started
+        if ttft is not None and not logged:  # it began, and its usage never came
+            log_abandoned(handle.name, request.state.get("request_id"), request.state.get("route"), count, ttft,
+                          elapsed)
         if request.state.get("stream"):
             metrics.LATENCY.labels(request.state.get("route", request.path)).observe(elapsed)
         usage = last.usage if last is not None else None

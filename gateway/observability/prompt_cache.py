@@ -64,7 +64,18 @@ def cache_metrics(handles: Iterable[Any]) -> Iterator[Any]:
     yield from (entries, size, capacity, hits, misses, restored, reused, prefilled)
 
 
-def log_generation(model: str, request_id: str | None, route: str | None, usage: Any, ttft_s: float | None) -> None:
+def log_abandoned(model: str, request_id: str | None, route: str | None, deltas: int, ttft_s: float | None,
+                  elapsed_s: float) -> None:
+    """The line of a generation that ended before its last token (the client left, or the stream broke): its
+    usage never came, so it says how far it got; without it a cancelled stream left no trace in the log."""
+    log.info("generation %s abandoned after %d deltas (%.1f s)", model, deltas, elapsed_s,
+             extra={"event": "generation", "request_id": request_id, "model": model, "route": route,
+                    "finish_reason": "abandoned", "streamed_deltas": deltas,
+                    "ttft_ms": round((ttft_s or 0.0) * 1000, 1), "elapsed_ms": round(elapsed_s * 1000, 1)})
+
+
+def log_generation(model: str, request_id: str | None, route: str | None, usage: Any, ttft_s: float | None,
+                   finish_reason: str | None = None) -> None:
     """One JSON line per generation when it ends (a stream's request line is written when its headers go out,
     before these numbers exist): tokens, cached tokens, time to first token, prefill and decode speed."""
     prompt, cached = usage.prompt_tokens, getattr(usage, "cached_tokens", 0)
@@ -73,7 +84,7 @@ def log_generation(model: str, request_id: str | None, route: str | None, usage:
     log.info("generation %s: %d prompt tokens (%d cached), %d generated", model, prompt, cached,
              usage.completion_tokens,
              extra={"event": "generation", "request_id": request_id, "model": model, "route": route,
-                    "prompt_tokens": prompt, "cached_tokens": cached, "completion_tokens": usage.completion_tokens,
+                    "finish_reason": finish_reason, "prompt_tokens": prompt, "cached_tokens": cached, "completion_tokens": usage.completion_tokens,
                     "ttft_ms": round((ttft_s or 0.0) * 1000, 1),
                     "prefill_tokens_per_s": round(evaluated / prefill_s, 1) if prefill_s > 0 and evaluated else 0.0,
                     "decode_tokens_per_s": round((usage.completion_tokens - 1) / decode_s, 1)
