@@ -1,6 +1,7 @@
 """Real coding agents against the gateway: Claude Code `-p` and Codex `exec`, one task with a tool use.
 
     .venv/bin/python bench/agents.py [--clients claude,codex] [--timeout 600] [--bin ~/.cache/nexa/agents/node_modules/.bin]
+        [--source gemma] [--nctx 32768] [--max-tokens-limit N] [--claude-max-output N]
 
 Each client gets a fresh gateway (`nexa server -c manifest`: Gemma 3 270M, `nctx: 32768`, aliases for the
 names the clients ask for, preloaded, so model load is not in the wall time) and a temporary working
@@ -12,7 +13,15 @@ Reported per client: wall time of the client process, and per request the gatewa
 tools sent, max_tokens, prompt / cached / generated tokens, TTFT, prefill and decode tokens/s (the
 gateway's JSON `generation` log lines), whether the agent called a tool and whether the file's fact
 came back in a tool result and in the final answer (the client's own JSON transcript), and the
-gateway's peak RSS. Install the clients first (not part of the project):
+gateway's peak RSS.
+
+Bounding a looping answer, as a user of a small local model would (§18 of bench/RESULTS.md): Claude Code
+asks for `max_tokens` 32,000 unless `CLAUDE_CODE_MAX_OUTPUT_TOKENS` says less (`--claude-max-output N`
+sets it); the manifest's `max_tokens_limit` (`--max-tokens-limit`) must be no lower, or the gateway
+answers 400. Codex sends no `max_output_tokens` at all (0.171 has no `model_max_output_tokens` key), so
+the gateway's `max_tokens_limit` is what ends its answer. The manifest has no default sampling
+settings (temperature, repeat penalty), and neither client sends any: the model samples at 1.0.
+Install the clients first (not part of the project):
 `npm install --no-audit --no-fund --prefix ~/.cache/nexa/agents @openai/codex @anthropic-ai/claude-code`.
 """
 
@@ -43,7 +52,7 @@ CLAUDE_MODEL, CLAUDE_FAST, CODEX_MODEL = "gemma-agent", "gemma-agent-fast", "gem
 
 
 def manifest(args: argparse.Namespace) -> Path:
-    model = {"name": "gemma", "source": "gemma", "aliases": [CLAUDE_MODEL, CLAUDE_FAST, CODEX_MODEL],
+    model = {"name": args.source, "source": args.source, "aliases": [CLAUDE_MODEL, CLAUDE_FAST, CODEX_MODEL],
              "nctx": args.nctx, "n_threads": args.threads, "options": {"n_threads_batch": args.threads},
              "preload": True, "timeout_s": args.timeout, "queue_timeout_s": args.timeout,
              "max_tokens_limit": args.max_tokens_limit}
@@ -51,14 +60,16 @@ def manifest(args: argparse.Namespace) -> Path:
     return write_manifest([model], {"log_format": "json", "api_keys": [KEY], "state": "memory://"})
 
 
-def claude(binary: Path, url: str, home: Path) -> tuple[list[str], dict[str, str]]:
+def claude(binary: Path, url: str, home: Path, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     env = {"HOME": str(home), "ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_MODEL": CLAUDE_MODEL,
            "ANTHROPIC_SMALL_FAST_MODEL": CLAUDE_FAST, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1"}
+    if args.claude_max_output:  # its max_tokens (default 32,000); a looping answer ends there
+        env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(args.claude_max_output)
     return [str(binary / "claude"), "-p", PROMPT, "--output-format", "stream-json", "--verbose"], env
 
 
-def codex(binary: Path, url: str, home: Path) -> tuple[list[str], dict[str, str]]:
+def codex(binary: Path, url: str, home: Path, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
     (codex_home / "config.toml").write_text(
@@ -146,7 +157,7 @@ def run_client(name: str, args: argparse.Namespace, out: Path) -> None:
     server = nexa("-c", str(manifest(args)), port=free_port(), timeout=900)
     proxy = Recorder(server.url, captured)
     try:
-        argv, env = CLIENTS[name](Path(args.bin).expanduser(), proxy.url, home)
+        argv, env = CLIENTS[name](Path(args.bin).expanduser(), proxy.url, home, args)
         env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "TERM": "dumb", **env}
         load_before = load_average()
         started = time.perf_counter()
@@ -203,9 +214,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per client run")
     parser.add_argument("--bin", default="~/.cache/nexa/agents/node_modules/.bin", help="folder of claude and codex")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--source", default="gemma", help="catalog name of the served model (gemma, smollm2)")
     parser.add_argument("--nctx", type=int, default=32768)
     parser.add_argument("--max-tokens-limit", type=int, default=32768, help="the model's max_tokens_limit "
                         "(Claude Code asks for up to 32,000 tokens)")
+    parser.add_argument("--claude-max-output", type=int, help="CLAUDE_CODE_MAX_OUTPUT_TOKENS: the max_tokens "
+                        "Claude Code asks for (keep --max-tokens-limit at least this)")
     parser.add_argument("--model-extra", default="{}", help="JSON merged into the model's manifest entry")
     parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True,
                         help="after the client, replay its first request with the tool call forced (agent_replay.py)")
@@ -215,7 +229,8 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="nexa-agents-"))
     out.mkdir(parents=True, exist_ok=True)
     print(machine())
-    print(f"Gemma 3 270M Q4_K_M, nctx {args.nctx}, {args.threads} threads, timeout {args.timeout} s per client, "
+    print(f"model {args.source}, nctx {args.nctx}, {args.threads} threads, max_tokens_limit {args.max_tokens_limit}, "
+          f"CLAUDE_CODE_MAX_OUTPUT_TOKENS {args.claude_max_output or 'unset'}, timeout {args.timeout} s per client, "
           f"model extra {args.model_extra}; prompt: {PROMPT!r}")
     for name in args.clients.split(","):
         run_client(name.strip(), args, out)
