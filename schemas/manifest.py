@@ -161,6 +161,23 @@ class Live:
 LIVE = Live()
 
 
+class SamplingDefaults(BaseModel):
+    """A model's sampling where a request leaves it unset (Ollama's Modelfile `PARAMETER` lines). Agents
+    send no sampling at all (Claude Code, Codex), so this is how a small model gets the temperature and
+    repeat penalty it needs not to loop. Whatever the request sets wins. Ranges are the request's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = None
+
+
 class ModelSpec(BaseModel):
     """One served model. Load-relevant fields (source, format, device, nctx,
     options) decide whether a change needs new weights."""
@@ -186,6 +203,8 @@ class ModelSpec(BaseModel):
     system_prompt: Annotated[str | None, LIVE] = None
     preload: Annotated[bool, LIVE] = Field(False, description="load at start; otherwise on the first request")
     max_tokens_limit: Annotated[int, LIVE] = Field(4096, gt=0)
+    sampling: Annotated[SamplingDefaults, LIVE] = Field(default_factory=SamplingDefaults,
+                                                        description="sampling for requests that leave it unset")
     grammar_max_tokens: Annotated[int, LIVE] = Field(512, gt=0, description="budget of a tool call or JSON answer (grammar-constrained) "
                                                           "when the request sets no max_tokens")
     # Residency and concurrency

@@ -348,6 +348,8 @@ class ModelCard(BaseModel):
     # GGUF text models: the prompt cache's bound (None: the default, known once loaded) and its use
     prompt_cache_bytes: int | None = None
     prompt_cache_used_bytes: int | None = None
+    # the manifest's `sampling:` (what a request that leaves a field unset gets), only the fields it sets
+    sampling: dict[str, float | int] | None = None
 
 
 class ModelList(BaseModel):

@@ -30,16 +30,17 @@ def sampling(body: SamplingFields, handle: ModelHandle, default_max: int | None)
     params = SamplingParams(
         max_tokens=body.max_tokens or default_max or limit,
         stop=body.stop or [],
-        seed=body.seed,
         grammar_max_tokens=None if body.max_tokens else min(handle.spec.grammar_max_tokens, limit),
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
     )
-    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty"):
-        value = getattr(body, name)
+    defaults, given = handle.spec.sampling, body.model_fields_set
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                 "frequency_penalty", "seed"):
+        value = getattr(body, name) if name in given else None  # (the penalties default to 0.0, not None)
+        if value is None:
+            value = getattr(defaults, name)  # the manifest's `sampling:` for what the request leaves unset
         if value is not None:
             setattr(params, name, value)
-    if body.top_p == 0:  # what evaluation harnesses send for greedy decoding
+    if params.top_p == 0:  # what evaluation harnesses send for greedy decoding
         params.top_p, params.top_k = 1.0, 1
     return params
 

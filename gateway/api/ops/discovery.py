@@ -21,7 +21,8 @@ def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
                      state=handle.state.value, aliases=list(handle.spec.aliases),
                      capabilities=sorted(handle.capabilities), error=scrub(handle.error) if handle.error else None,
                      replicas=handle.spec.replicas, parallel=handle.spec.parallel, queue_depth=handle.queue_depth(),
-                     running=handle.running, load_seconds=handle.load_seconds, **prompt_cache_fields(handle))
+                     running=handle.running, load_seconds=handle.load_seconds,
+                     sampling=handle.spec.sampling.model_dump(exclude_none=True) or None, **prompt_cache_fields(handle))
 
 
 def prompt_cache_fields(handle: ModelHandle) -> dict:
