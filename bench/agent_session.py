@@ -99,17 +99,20 @@ def turn(client: httpx.Client, url: str, messages: list[dict], tools: bool, max_
 def session(server: Process, size: int, turns: int, max_tokens: int) -> list[list]:
     rows = []
     messages = history(size)
-    with httpx.Client(timeout=900) as client:
-        for t in range(turns):
-            if t:
+    # A connection per request: llama-server closed a kept-alive connection just as the next request went
+    # out on it ("Server disconnected without sending a response", RESULTS.md §19); loopback connects cost ~0.1 ms.
+    for t in range(turns):
+        if t:
+            with httpx.Client(timeout=900) as client:
                 side = turn(client, server.url, SIDE_CALLS[t % 2], tools=False, max_tokens=8)
-                rows.append([f"side {t}", f"{side['ttft']:.2f}", side["prompt"], side["cached"],
-                             f"{side['prefill_tps']:.0f}", f"{side['decode_tps']:.1f}"])
-            messages = messages + [{"role": "user", "content": f"Turn {t}: what should we change next?"}]
+            rows.append([f"side {t}", f"{side['ttft']:.2f}", side["prompt"], side["cached"],
+                         f"{side['prefill_tps']:.0f}", f"{side['decode_tps']:.1f}"])
+        messages = messages + [{"role": "user", "content": f"Turn {t}: what should we change next?"}]
+        with httpx.Client(timeout=900) as client:
             result = turn(client, server.url, messages, tools=True, max_tokens=max_tokens)
-            rows.append([f"turn {t + 1}", f"{result['ttft']:.2f}", result["prompt"], result["cached"],
-                         f"{result['prefill_tps']:.0f}", f"{result['decode_tps']:.1f}"])
-            messages = messages + [{"role": "assistant", "content": f"I suggest we refactor module {t}."}]
+        rows.append([f"turn {t + 1}", f"{result['ttft']:.2f}", result["prompt"], result["cached"],
+                     f"{result['prefill_tps']:.0f}", f"{result['decode_tps']:.1f}"])
+        messages = messages + [{"role": "assistant", "content": f"I suggest we refactor module {t}."}]
     return rows
 
 

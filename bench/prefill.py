@@ -1,7 +1,8 @@
 """Prefill tokens/s: the gateway against llama.cpp's C++ `llama-server` and the engine in-process.
 
     .venv/bin/python bench/prefill.py [--sizes 4000,16000] [--rounds 2] [--threads 2]
-        [--llama-server PATH] [--llama-bench PATH] [--variant NAME=JSON ...] [--sides ...]
+        [--llama-server PATH] [--llama-bench PATH] [--variant NAME=JSON ...] [--server-variant NAME=ARGS ...]
+        [--sides ...]
 
 The same prompt length on every side (distinct token sequences, so no side reuses a cached prefix):
 - `gateway NAME`: `nexa server` with Gemma 3 270M (`nctx`, `n_threads`, `parallel: 1`, plus the variant's
@@ -12,6 +13,8 @@ The same prompt length on every side (distinct token sequences, so no side reuse
   the gateway's own code adds is the difference between this side and `gateway NAME`.
 - `llama-server`: the C++ server (`-np 1 -c nctx -t/-tb threads`, its defaults otherwise: `-b 2048
   -ub 512 -fa auto`, non-full SWA cache), `/completion` with `cache_prompt: false`, the same wall time.
+- `llama-server NAME` (`--server-variant NAME=ARGS`): the same server with extra arguments, e.g.
+  `fa-off=-fa off` (its `-fa auto` turns flash attention on for this CPU; the gateway's default is off).
 - with `--llama-bench PATH`, llama.cpp's own `llama-bench -p N -n 0` (the newer engine without a server)
   once per size, flash attention off and on.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -69,11 +73,11 @@ def gateway_side(args: argparse.Namespace, options: dict):
     return start, run
 
 
-def server_side(args: argparse.Namespace, path: Path):
+def server_side(args: argparse.Namespace, path: Path, extra: list[str] = ()):
     def start() -> Process:
         port = free_port()
         return Process([args.llama_server, "-m", str(path), "-np", "1", "-c", str(args.nctx), "-t", str(args.threads),
-                        "-tb", str(args.threads), "--host", "127.0.0.1", "--port", str(port)], port,
+                        "-tb", str(args.threads), *extra, "--host", "127.0.0.1", "--port", str(port)], port,
                        ready_path="/health", timeout=600)
 
     def run(server: Process, tokens: list[int]) -> float:
@@ -133,6 +137,8 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama.cpp's C++ llama-server (bench/build_llama_server.sh)")
     parser.add_argument("--llama-bench", help="llama.cpp's llama-bench, from the same build")
     parser.add_argument("--variant", action="append", default=[], help='NAME=JSON engine options (default: "default={}")')
+    parser.add_argument("--server-variant", action="append", default=[],
+                        help='NAME=ARGS: also llama-server with these extra arguments, e.g. "fa-off=-fa off"')
     parser.add_argument("--sides", default="gateway,engine,llama-server", help="which of gateway, engine, llama-server")
     args = parser.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"default": "{}"}
@@ -149,6 +155,8 @@ def main() -> None:
             sides[f"engine {name}"] = engine_side(args, path, options)
     if args.llama_server and "llama-server" in wanted:
         sides["llama-server"] = server_side(args, path)
+        for name, extra in (v.split("=", 1) for v in args.server_variant):
+            sides[f"llama-server {name}"] = server_side(args, path, shlex.split(extra))
     print(machine())
     print(f"Gemma 3 270M Q4_K_M, nctx {args.nctx}, {args.threads} threads, {args.rounds} rounds, variants {variants}")
     for size in [int(s) for s in args.sizes.split(",")]:
