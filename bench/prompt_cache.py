@@ -3,7 +3,9 @@ prefilling the same tokens, by prompt length, in-process on one llama.cpp contex
 
     .venv/bin/python bench/prompt_cache.py [--model gemma] [--threads 2] [--lengths 16,64,256,1024,4096]
 
-Prints per length: prefill ms, save ms, restore ms, state MB, and restore / prefill. The cache restores
+Prints per length: prefill ms, save ms, restore ms, state MB, and restore / prefill. The context is the
+one the text engines open (`generation_defaults`: a window-sized sliding-window cache), so save ms is also
+what a context checkpoint costs as a prompt's prefill ends (backends/llama_cache.py `checkpoint`). The cache restores
 an entry only when the tokens it saves are worth more prefill time than the restore costs
 (backends/prompt_cache.py: MIN_TOKENS and the two per-unit costs it starts from).
 """
@@ -25,7 +27,7 @@ def main() -> None:
     import llama_cpp
 
     from backends import prompt_cache
-    from backends.llama_load import llama_kwargs
+    from backends.llama_load import generation_defaults, llama_kwargs
     from gateway.manifest import hub
     from schemas.manifest import ModelSpec
 
@@ -40,10 +42,10 @@ def main() -> None:
     spec = ModelSpec(name=args.model, source=args.model, nctx=nctx, n_threads=args.threads, device="cpu")
     path = hub.fetch(spec)
     path = path if path.is_file() else next(path.glob("*.gguf"))
-    llm = llama_cpp.Llama(**llama_kwargs(spec, path))
+    llm = llama_cpp.Llama(**llama_kwargs(spec, path, generation_defaults(spec)))  # the text engines' context
     vocab = llm.n_vocab()
     print(machine())
-    print(f"{args.model}, {args.threads} threads, n_batch {llm.n_batch}")
+    print(f"{args.model}, {args.threads} threads, n_batch {llm.n_batch}, swa_full {llm.context_params.swa_full}")
     print("| tokens | prefill ms | save ms | restore ms | state MB | restore / prefill |")
     print("|---|---|---|---|---|---|")
     for n in lengths:
