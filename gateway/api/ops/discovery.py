@@ -22,7 +22,13 @@ def card(gw: "Gateway", handle: ModelHandle) -> ModelCard:
                      capabilities=sorted(handle.capabilities), error=scrub(handle.error) if handle.error else None,
                      replicas=handle.spec.replicas, parallel=handle.spec.parallel, queue_depth=handle.queue_depth(),
                      running=handle.running, load_seconds=handle.load_seconds,
-                     sampling=handle.spec.sampling.model_dump(exclude_none=True) or None, **prompt_cache_fields(handle))
+                     sampling=sampling_defaults(handle), **prompt_cache_fields(handle))
+
+
+def sampling_defaults(handle: ModelHandle) -> dict | None:
+    """The manifest's `sampling:`, only the fields it sets (None: the request's own or the engine's)."""
+    defaults = getattr(handle.spec, "sampling", None)
+    return (defaults.model_dump(exclude_none=True) or None) if defaults is not None else None
 
 
 def prompt_cache_fields(handle: ModelHandle) -> dict:
