@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Build `llama-bench` of the llama.cpp that llama-cpp-python vendors (the engine the gateway runs), to
 # compare it with the `llama-bench` of bench/build_llama_server.sh's newer llama.cpp: the same benchmark
-# on both engines tells an engine-version difference apart from the gateway's own cost (RESULTS.md §18).
+# on both engines tells an engine-version difference apart from the gateway's own cost (RESULTS.md §19).
 # Same cmake flags as bench/build_llama_server.sh; only the one target (about 15 min on 2 cores).
 #
 #   bash bench/build_llama_bench_engine.sh [VERSION] [CACHE_DIR]
 #
 # VERSION defaults to the llama-cpp-python of the project's virtualenv (.venv), else 0.3.36.
 # Prints the folder holding the binary (CACHE_DIR/llama_cpp_python-VERSION/vendor/llama.cpp/build/bin).
-# The sdist comes from the package index's simple page, sha256-checked, as in build_llama_server.sh.
+# The sdist comes from the package index's simple page, sha256-checked (bench/sdist.sh).
 set -euo pipefail
+. "$(dirname "$0")/sdist.sh"
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 DEFAULT_VERSION=0.3.36
@@ -18,22 +19,13 @@ if [ -x "$HERE/.venv/bin/python" ]; then
 fi
 VERSION="${1:-$DEFAULT_VERSION}"
 CACHE="${2:-${XDG_CACHE_HOME:-$HOME/.cache}/nexa/llama-server}"
-INDEX="${PIP_INDEX_URL:-https://pypi.org/simple}"
 JOBS="${JOBS:-$(nproc)}"
 mkdir -p "$CACHE"
 cd "$CACHE"
 
 TREE="llama_cpp_python-$VERSION"
 if [ ! -d "$TREE/vendor/llama.cpp" ]; then
-  link=$(curl -fsSL "$INDEX/llama-cpp-python/" | grep -o "href=\"[^\"]*llama_cpp_python-$VERSION\.tar\.gz[^\"]*\"" | head -1)
-  link=${link#href=\"}
-  link=${link%\"}
-  [ -n "$link" ] || { echo "llama-cpp-python $VERSION: no sdist on $INDEX" >&2; exit 1; }
-  url=${link%%#*}
-  sha=${link##*#sha256=}
-  curl -fsSL -o "$TREE.tar.gz" "$url"
-  echo "$sha  $TREE.tar.gz" | sha256sum -c - >&2
-  tar xzf "$TREE.tar.gz"
+  fetch_sdist llama-cpp-python "$VERSION"
 fi
 
 cd "$TREE/vendor/llama.cpp"

