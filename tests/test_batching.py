@@ -25,7 +25,7 @@ PROMPTS = ["1, 2, 3, 4, 5,", "The capital of France is", "Here is a list of frui
            "def fibonacci(n):"]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
                                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
                    "required": ["city", "unit"]}}}
 MODEL = {"source": "smollm2", "nctx": 512, "n_threads": 1, "preload": True}
@@ -242,7 +242,7 @@ def test_a_tool_call_and_a_plain_chat_in_one_batch(client):
 
     def tool():
         return client.chat.completions.create(model="batched", messages=ask, tools=[WEATHER], tool_choice="required",
-                                              max_tokens=60, temperature=0)
+                                              max_tokens=120, temperature=0)
 
     def chat(model="batched"):
         return client.chat.completions.create(model=model, messages=plain, max_tokens=20, temperature=0)

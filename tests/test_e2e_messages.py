@@ -35,11 +35,11 @@ ALIAS = "claude-sonnet-4-6"  # what an unmodified client asks for; the manifest 
 BODY_LIMIT = 200_000
 
 WEATHER = {"name": "get_weather", "description": "Current weather in a city.",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"},
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
                                                              "unit": {"enum": ["celsius", "fahrenheit"]}},
                             "required": ["city"]}}
 TIME = {"name": "get_time", "description": "The local time in a timezone.",
-        "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}
+        "input_schema": {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 24}}, "required": ["tz"]}}
 HELLO = [{"role": "user", "content": "Say hello to Ada in one short sentence."}]
 
 
@@ -174,7 +174,7 @@ def test_the_raw_event_stream_is_in_anthropic_order(server):
 
 
 def test_a_named_tool_is_called_with_schema_valid_input(client):
-    answer = create(client, max_tokens=64, tools=[WEATHER, TIME], tool_choice={"type": "tool", "name": "get_weather"},
+    answer = create(client, max_tokens=128, tools=[WEATHER, TIME], tool_choice={"type": "tool", "name": "get_weather"},
                     messages=[{"role": "user", "content": "What's the weather in Paris?"}])
     assert answer.stop_reason == "tool_use"
     uses = [block for block in answer.content if block.type == "tool_use"]
@@ -186,17 +186,17 @@ def test_a_property_with_only_a_description_takes_any_value(client):
     """Claude Code's tools have such properties (`{"description": ...}`: any JSON value in JSON Schema);
     the grammar converter used to refuse them, so every call with its tool set was a 400."""
     run = {"name": "run_script", "description": "Run a script.", "input_schema": {
-        "type": "object", "properties": {"script": {"type": "string"},
+        "type": "object", "properties": {"script": {"type": "string", "maxLength": 24},
                                          "args": {"description": "Any JSON value, passed to the script."}},
         "required": ["script", "args"]}}
-    answer = create(client, max_tokens=64, tools=[run], tool_choice={"type": "tool", "name": "run_script"},
+    answer = create(client, max_tokens=128, tools=[run], tool_choice={"type": "tool", "name": "run_script"},
                     messages=[{"role": "user", "content": "Run hello.py with the numbers 1 and 2."}])
     (use,) = [block for block in answer.content if block.type == "tool_use"]
     assert answer.stop_reason == "tool_use" and isinstance(use.input["script"], str) and "args" in use.input
 
 
 def test_any_picks_one_of_the_tools_and_streams_input_json(client):
-    kwargs = dict(model=ALIAS, max_tokens=64, extra_body=GREEDY, tools=[WEATHER, TIME],
+    kwargs = dict(model=ALIAS, max_tokens=128, extra_body=GREEDY, tools=[WEATHER, TIME],
                   tool_choice={"type": "any", "disable_parallel_tool_use": True},
                   messages=[{"role": "user", "content": "What time is it in Tokyo?"}])
     whole = client.messages.create(**kwargs)
@@ -215,7 +215,7 @@ def test_any_picks_one_of_the_tools_and_streams_input_json(client):
 
 def test_a_tool_use_tool_result_round_trip(client):
     question = {"role": "user", "content": "What's the weather in Paris?"}
-    call = create(client, max_tokens=64, tools=[WEATHER], tool_choice={"type": "any"}, messages=[question])
+    call = create(client, max_tokens=128, tools=[WEATHER], tool_choice={"type": "any"}, messages=[question])
     (use,) = [block for block in call.content if block.type == "tool_use"]
     history = [question, {"role": "assistant", "content": [block.model_dump() for block in call.content]},
                {"role": "user", "content": [
@@ -534,9 +534,9 @@ def test_an_image_url_outside_the_allowed_hosts_is_a_400(vision):
 
 
 def test_output_config_format_is_schema_valid_json(client):
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"}},
               "required": ["name", "age"]}
-    answer = client.messages.create(model=ALIAS, max_tokens=48, extra_body=GREEDY, messages=[
+    answer = client.messages.create(model=ALIAS, max_tokens=160, extra_body=GREEDY, messages=[
         {"role": "user", "content": "Invent a person; answer as JSON."}],
         output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}})
     assert answer.stop_reason == "end_turn"

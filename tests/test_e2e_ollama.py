@@ -198,10 +198,10 @@ def test_tool_calls_come_back_as_ollama_tool_calls(calling_server):
 
 
 def test_format_constrains_the_answer(client):
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-              "required": ["name", "age"]}
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}  # a bounded string: the object always fits the budget
     answer = client.chat(model="smollm2", messages=[{"role": "user", "content": "Invent a person."}],
-                         format=schema, options={**GREEDY, "num_predict": 80})
+                         format=schema, options={**GREEDY, "num_predict": 160})
     person = json.loads(answer.message.content)
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
     loose = client.generate(model="smollm2", prompt="Describe a cat as JSON.", format="json",

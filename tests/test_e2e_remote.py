@@ -136,9 +136,10 @@ def test_streamed_chat_and_completion_go_through(front: Server):
 def test_tool_calls_are_assembled_from_upstream_fragments(front: Server):
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                                "parameters": {"type": "object", "properties": {
-                                                   "city": {"type": "string"}}, "required": ["city"]}}}]
+                                                   "city": {"type": "string", "maxLength": 24}},
+                                                   "required": ["city"]}}}]
     answer = client(front).chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools, max_tokens=40,
+        model="chat", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools, max_tokens=80,
         tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=0)
     call = answer.choices[0].message.tool_calls[0]
     assert answer.choices[0].finish_reason == "tool_calls"

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 KEY, OTHER_KEY = "sk-responses-one", "sk-responses-two"
 WEATHER = {
     "type": "function", "name": "get_weather", "description": "Current weather for one city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
                                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
                    "required": ["city", "unit"], "additionalProperties": False},
     "strict": True,
@@ -222,7 +222,7 @@ def test_parallel_tool_calls_false_gives_at_most_one_call(client):
 
 def test_a_named_tool_choice(client):
     other_tool = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"}}, "required": ["city"]}}
+        "city": {"type": "string", "maxLength": 24}}, "required": ["city"]}}
     response = client.responses.create(model="smollm2", input=QUESTION, tools=[WEATHER, other_tool],
                                        tool_choice={"type": "function", "name": "get_time"})
     assert {c.name for c in function_calls(response)} == {"get_time"}

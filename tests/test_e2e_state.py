@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
 import httpx
 import openai
 import pytest
+from pydantic import Field
 
 from tests.conftest import Server, write_manifest
 
@@ -363,7 +365,7 @@ def test_anthropic_threads_are_refused_so_the_sdks_tool_runner_resends_the_histo
     calls: list[str] = []
 
     @anthropic.beta_tool
-    def get_weather(city: str) -> str:
+    def get_weather(city: Annotated[str, Field(max_length=24)]) -> str:  # bounded: the call fits max_tokens
         """Current weather for a city.
 
         Args:

@@ -26,14 +26,16 @@ WEATHER = {
         "name": "get_weather",
         "description": "Current weather for one city",
         "parameters": {"type": "object", "properties": {
-            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "city": {"type": "string", "maxLength": 24},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
             "required": ["city", "unit"]},
     },
 }
 TIME = {
     "type": "function",
     "function": {"name": "get_time", "description": "Local time in one city",
-                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
+                                "required": ["city"]}},
 }
 TOOLS = [WEATHER, TIME]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
