@@ -62,6 +62,12 @@ def test_without_the_ca_a_self_signed_server_is_a_503_naming_the_store_and_the_t
     assert "TLS" in message and "self-signed certificate" in message and "ssl_ca_certs" in message
 
 
+def test_a_certificate_for_another_name_is_a_503_saying_so(rediss_server):
+    with pytest.raises(StateUnavailable) as caught:
+        asyncio.run(round_trip(rediss_server.url.replace("127.0.0.1", "localhost")))
+    assert "not valid for 'localhost'" in caught.value.message and "a name the certificate has" in caught.value.message
+
+
 @pytest.mark.parametrize("url, problem", [
     ("rediss://127.0.0.1:6379/0?ssl_ca_cert=/ca.pem", "no URL option ssl_ca_cert"),
     ("redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem", "need rediss://"),

@@ -95,8 +95,9 @@ def _tls_failure(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return (f"the server's certificate was not accepted ({seen.verify_message or seen.reason}); for a "
-                    "certificate from a private CA, add ?ssl_ca_certs=/path/ca.pem to the URL")
+            hint = ("connect by a name the certificate has" if seen.verify_code == 62  # X509_V_ERR_HOSTNAME_MISMATCH
+                    else "for a certificate from a private CA, name that CA in the URL: ?ssl_ca_certs=/path/ca.pem")
+            return f"the server's certificate was not accepted ({seen.verify_message or seen.reason}); {hint}"
         if isinstance(seen, ssl.SSLError):
             return f"{type(seen).__name__} {seen.reason or seen} (is the port a TLS port?)"
         seen = seen.__cause__ or seen.__context__
