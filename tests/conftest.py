@@ -176,3 +176,14 @@ def redis_server(tmp_path_factory) -> Iterator:
     server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rediss_server(tmp_path_factory) -> Iterator:
+    """The same over TLS only: a throwaway CA in its folder, `rediss://...?ssl_ca_certs=<ca.pem>` as its URL."""
+    from tests.redis_server import PASSWORD, PASSWORD_VAR, RedisServer
+
+    os.environ[PASSWORD_VAR] = PASSWORD
+    server = RedisServer(tmp_path_factory.mktemp("rediss"), free_port(), tls=True).start()
+    yield server
+    server.stop()

@@ -1,6 +1,10 @@
 """A real Redis (or Valkey) server for the state store's tests: Debian's `redis-server` or
 `valkey-server` (scripts/test.sh installs it), on a free loopback port, with a password,
-no persistence, and its own folder. No mock: the Lua scripts and expiry are Redis's own."""
+no persistence, and its own folder. No mock: the Lua scripts and expiry are Redis's own.
+
+`tls=True` serves only TLS (`rediss://`), with a throwaway CA and a server certificate for
+IP 127.0.0.1 made in that folder by the `openssl` CLI (Debian's, beside redis-server: the
+`cryptography` package is no dependency of the project), so the client really verifies a chain."""
 
 from __future__ import annotations
 
@@ -22,17 +26,49 @@ def binary() -> str:
     return found
 
 
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """(ca.pem, server.pem, server.key): a CA of its own, and a server certificate it signed whose
+    subjectAltName is IP:127.0.0.1, as a client that checks the host name requires."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("the TLS tests need the openssl CLI (apt-get install openssl)")
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, request = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    extensions = folder / "server.ext"
+    extensions.write_text("subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n"
+                          "keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+            "-days", "2", "-subj", "/CN=nexa test CA")
+    openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(request),
+            "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", str(request), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(cert), "-days", "2", "-extfile", str(extensions))
+    return ca, cert, key
+
+
 class RedisServer:
-    def __init__(self, folder: Path, port: int):
-        self.folder, self.port = folder, port
+    def __init__(self, folder: Path, port: int, tls: bool = False):
+        self.folder, self.port, self.tls = folder, port, tls
         self.proc: subprocess.Popen | None = None
-        self.url = f"redis://:${{{PASSWORD_VAR}}}@127.0.0.1:{port}/0"  # the password comes from the environment
+        self.ca: Path | None = None
+        if tls:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.ca, self.cert, self.key = make_certificates(folder)
+        # the password comes from the environment
+        self.url = (f"rediss://:${{{PASSWORD_VAR}}}@127.0.0.1:{port}/0?ssl_ca_certs={self.ca}" if tls
+                    else f"redis://:${{{PASSWORD_VAR}}}@127.0.0.1:{port}/0")
 
     def start(self) -> "RedisServer":
         self.folder.mkdir(parents=True, exist_ok=True)
+        ports = (["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.cert),
+                  "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
+                 if self.tls else ["--port", str(self.port)])
         log = open(self.folder / "redis.log", "ab")
         self.proc = subprocess.Popen(
-            [binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--save", "",
+            [binary(), *ports, "--bind", "127.0.0.1", "--requirepass", PASSWORD, "--save", "",
              "--appendonly", "no", "--dir", str(self.folder), "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -53,9 +89,14 @@ class RedisServer:
             self.proc.wait(10)
         self.proc = None
 
-    def flush(self) -> None:
+    def client(self):
+        """A synchronous client with the password (and the CA, over TLS), for checks behind the gateway's back."""
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, socket_timeout=5)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.ca)} if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, socket_timeout=5, **tls)
+
+    def flush(self) -> None:
+        client = self.client()
         client.flushall()
         client.close()

@@ -87,6 +87,23 @@ return {redis.call('ZCARD', p .. 'order'), tonumber(redis.call('GET', p .. 'byte
 """
 
 
+def _tls_failure(exc: BaseException) -> str | None:
+    """What failed in a TLS handshake, when that is why `exc` happened: redis-py wraps it in a ConnectionError
+    whose text reads as if the server were down, and "unreachable" sends a user to the network, not the CA."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            hint = ("connect by a name the certificate has" if seen.verify_code == 62  # X509_V_ERR_HOSTNAME_MISMATCH
+                    else "for a certificate from a private CA, name that CA in the URL: ?ssl_ca_certs=/path/ca.pem")
+            return f"the server's certificate was not accepted ({seen.verify_message or seen.reason}); {hint}"
+        if isinstance(seen, ssl.SSLError):
+            return f"{type(seen).__name__} {seen.reason or seen} (is the port a TLS port?)"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class RedisStore(Store):
     scheme = "redis"
 
@@ -116,6 +133,10 @@ class RedisStore(Store):
         try:
             return await asyncio.wait_for(work, TIMEOUT_S * 2)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncio.TimeoutError, OSError) as exc:
+            tls = _tls_failure(exc)
+            if tls:
+                raise StateUnavailable(f"The state store {self.url} failed TLS: {tls}. Stored responses and "
+                                       "conversations are unavailable until it connects.") from None
             raise StateUnavailable(f"The state store {self.url} is unreachable ({type(exc).__name__}: {exc}); "
                                    "stored responses and conversations are unavailable until it is back.") from None
         except redis.exceptions.RedisError as exc:

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.observability.redact import redact_url
 from gateway.state.base import Limits, Store
@@ -53,7 +53,30 @@ def _redis(url: str, shown: str, limits: Limits, clock: Callable[[], float] | No
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise ValueError("the port of a redis URL is a number") from None
+    _redis_options(url)
     return RedisStore(shown, limits, connect_url=url)
+
+
+def _redis_options(url: str) -> None:
+    """Refuse a query option redis-py would not take here, in `nexa check` and at start: redis-py
+    passes any name on to its connection class, so a misspelt one (`ssl_ca_cert`) would otherwise
+    be a TypeError at the first connection. Its own parser checks the typed values (`db=x`)."""
+    import inspect
+
+    from redis.asyncio import connection  # imported only for redis URLs
+
+    try:
+        connection.parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"a redis URL's options: {exc}") from None
+    tls = urlsplit(url).scheme == "rediss"
+    accepted = {"max_connections"} | {name for cls in (connection.SSLConnection if tls else connection.Connection).__mro__
+                                      if "__init__" in vars(cls) for name in inspect.signature(cls.__init__).parameters}
+    unknown = sorted(set(parse_qs(urlsplit(url).query)) - accepted)
+    if unknown:
+        hint = " (the ssl_ options need rediss://)" if not tls and any(n.startswith("ssl_") for n in unknown) else ""
+        raise ValueError(f"redis-py takes no URL option {', '.join(unknown)}{hint}; see the README's server.state "
+                         "for the ones it honours")
 
 
 def _memory(url: str, shown: str, limits: Limits, clock: Callable[[], float] | None) -> Store:
