@@ -165,7 +165,8 @@ LONG = {"model": "slow", "messages": [{"role": "user", "content": "p"}], "max_to
 
 
 def traced_server(start_server, tmp_path, receiver: Receiver, engine: str):
-    manifest = write_manifest(tmp_path / f"{engine}.yaml", [SLOW])
+    broken = {**SLOW, "name": "broken", "options": {"fail_after": 3}}  # an engine error after 3 words
+    manifest = write_manifest(tmp_path / f"{engine}.yaml", [SLOW, broken])
     return start_server(["-c", str(manifest), "--server", engine],
                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, **FAST_EXPORT})
 
@@ -205,6 +206,15 @@ def test_a_stream_the_client_leaves_exports_its_span_as_abandoned(engine, tmp_pa
         logged = generation_line(server, f"left-{engine}")  # the span says what the log line says
         assert logged["finish_reason"] == "abandoned"
         assert logged["streamed_deltas"] == a["nexa.response.streamed_deltas"]
+
+        # a stream the engine breaks is abandoned too, but error.type names the failure, not the client
+        trace_id = secrets.token_hex(16)
+        broken = httpx.post(server.url + "/v1/chat/completions", json={**LONG, "model": "broken", "stream": True},
+                            headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}, timeout=30)
+        assert broken.status_code == 200 and '"error"' in broken.text
+        a = one_trace(receiver, trace_id)[0].attributes
+        assert a["gen_ai.response.finish_reasons"] == ["abandoned"] and a["error.type"] == "BackendError", a
+        assert a["nexa.response.streamed_deltas"] == 3
 
 
 def test_a_request_the_client_leaves_before_its_answer_exports_its_span_as_abandoned(tmp_path, start_server):
