@@ -22,7 +22,7 @@ from gateway.models import gauges
 from gateway.models.handle import ModelHandle
 from gateway.models.pool import ModelPool
 from gateway.observability import metrics
-from gateway.observability.tracing import TIMELINE, Tracing
+from gateway.observability.tracing import CLIENT_LEFT, TIMELINE, Tracing
 from gateway.state.urls import open_store
 from schemas.manifest import Manifest
 
@@ -179,6 +179,12 @@ class Gateway:
         try:
             current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)
+        except asyncio.CancelledError:  # the client left before the answer (Granian cancels the handler)
+            if trace is not None:  # no answer went out: its span still ends, saying so
+                TIMELINE.set(None)
+                trace.route(request.state.get("route"))
+                trace.end(error=CLIENT_LEFT)
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure is answered in the route's wire style
             if not isinstance(exc, (NexaError, ValidationError)):  # a bug: logged with its traceback, answered without
                 log.exception("unhandled error on %s %s", request.method, request.path,

@@ -5,10 +5,12 @@ all when tracing is off."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -153,3 +155,82 @@ def test_tracing_is_on_only_when_configured():
     assert wanted(TracingSettings(endpoint="http://collector:4318"), {})
     assert wanted(TracingSettings(enabled=True), {})
     assert not wanted(TracingSettings(enabled=False), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+
+
+# -- requests the client abandons ---------------------------------------------------------------------------
+
+SLOW = {"name": "slow", "source": "/dev/null", "backend": "tests.fakes:FakeBackend", "preload": True,
+        "options": {"delay": 0.01}}  # a word per 10 ms: 4000 of them would take 40 s if nobody stopped it
+LONG = {"model": "slow", "messages": [{"role": "user", "content": "p"}], "max_tokens": 4000}
+
+
+def traced_server(start_server, tmp_path, receiver: Receiver, engine: str):
+    broken = {**SLOW, "name": "broken", "options": {"fail_after": 3}}  # an engine error after 3 words
+    manifest = write_manifest(tmp_path / f"{engine}.yaml", [SLOW, broken])
+    return start_server(["-c", str(manifest), "--server", engine],
+                        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, **FAST_EXPORT})
+
+
+def generation_line(server, request_id: str) -> dict:
+    """The JSON log's `generation` line of that request."""
+    def find():
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        return next((line for line in lines if line.get("event") == "generation"
+                     and line.get("request_id") == request_id), None)
+    return wait_for(find, timeout=15)
+
+
+@pytest.mark.parametrize("engine", ["granian", "robyn"])
+def test_a_stream_the_client_leaves_exports_its_span_as_abandoned(engine, tmp_path, start_server):
+    with Receiver() as receiver:
+        server = traced_server(start_server, tmp_path, receiver, engine)
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "x-request-id": f"left-{engine}"}
+        received = 0
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json={**LONG, "stream": True},
+                          headers=headers, timeout=30) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                received += line.startswith("data: {")
+                if received >= 10:
+                    break  # leaving the block closes the connection mid-generation
+        left = time.time_ns()
+        root, children = one_trace(receiver, trace_id)
+        a = root.attributes
+        assert a["gen_ai.response.finish_reasons"] == ["abandoned"] and a["error.type"] == "client_disconnected"
+        assert a["http.response.status_code"] == 200  # the stream's headers had gone out
+        assert root.status_code != 2  # a client leaving is not the server's error (STATUS_CODE_ERROR)
+        assert 5 <= a["nexa.response.streamed_deltas"] < 2000, a  # as far as it got, not the 4000 asked for
+        assert root.end_ns >= left  # it ended with the disconnect, not when the stream began
+        assert "decode" in {c.name for c in children}
+        logged = generation_line(server, f"left-{engine}")  # the span says what the log line says
+        assert logged["finish_reason"] == "abandoned"
+        assert logged["streamed_deltas"] == a["nexa.response.streamed_deltas"]
+
+        # a stream the engine breaks is abandoned too, but error.type names the failure, not the client
+        trace_id = secrets.token_hex(16)
+        broken = httpx.post(server.url + "/v1/chat/completions", json={**LONG, "model": "broken", "stream": True},
+                            headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}, timeout=30)
+        assert broken.status_code == 200 and '"error"' in broken.text
+        a = one_trace(receiver, trace_id)[0].attributes
+        assert a["gen_ai.response.finish_reasons"] == ["abandoned"] and a["error.type"] == "BackendError", a
+        assert a["nexa.response.streamed_deltas"] == 3
+
+
+def test_a_request_the_client_leaves_before_its_answer_exports_its_span_as_abandoned(tmp_path, start_server):
+    """Granian only: Robyn cannot tell that a non-streamed request's client left (README "Servers")."""
+    with Receiver() as receiver:
+        server = traced_server(start_server, tmp_path, receiver, "granian")
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "x-request-id": "left-waiting"}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", json=LONG, headers=headers, timeout=1.0)
+        left = time.time_ns()
+        root, _ = one_trace(receiver, trace_id)
+        a = root.attributes
+        assert a["gen_ai.response.finish_reasons"] == ["abandoned"] and a["error.type"] == "client_disconnected"
+        assert "http.response.status_code" not in a  # no answer was sent
+        assert a["gen_ai.request.model"] == "slow" and a["gen_ai.latency.e2e"] >= 0.9
+        assert root.end_ns >= left - 200_000_000  # ended when the gateway saw the client go, not at 40 s
+        assert root.end_ns - root.start_ns < 10e9
+        assert generation_line(server, "left-waiting")["finish_reason"] == "abandoned"

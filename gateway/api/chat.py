@@ -6,6 +6,7 @@ the stream plumbing (first delta pulled before answering, metrics, closing the e
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -16,6 +17,7 @@ from gateway.media.inputs import pixel_limit, resolve_image_parts
 from gateway.models.handle import ModelHandle
 from gateway.observability import metrics
 from gateway.observability.prompt_cache import log_abandoned, log_generation
+from gateway.observability.tracing import CLIENT_LEFT
 from schemas.openai import ChatRequest, CompletionRequest, PromptTokensDetails, SamplingFields, Usage
 
 if TYPE_CHECKING:
@@ -79,6 +81,7 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
     last: Delta | None = None
     count, logged = 0, False
     output: list[str] | None = [] if trace is not None and trace.capture_content else None
+    failure: BaseException | None = None  # what ended it early: the client left (a cancellation, a close), or an error
     try:
         async for delta in deltas:
             if ttft is None:
@@ -99,6 +102,9 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
                 output.append(delta.text)
             count += 1
             yield delta
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         await deltas.aclose()
         elapsed = time.perf_counter() - started
@@ -117,8 +123,11 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
                 trace.finish_reasons([finish_of(last)])
             if output is not None:
                 trace.content(output="".join(output))
+            if ttft is not None and not logged:  # what the log's abandoned line says, on the span
+                left = isinstance(failure, (asyncio.CancelledError, GeneratorExit))
+                trace.abandoned(count, CLIENT_LEFT if left else type(failure).__name__ if failure else "stream_incomplete")
             if trace.deferred:
-                trace.end(200, error=None if usage is not None else "stream_incomplete")
+                trace.end(200)
 
 
 def note_request(request: Request, handle: ModelHandle, params: SamplingParams, prompt: Any = None) -> None:

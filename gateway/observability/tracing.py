@@ -31,6 +31,7 @@ log = logging.getLogger("nexa.tracing")
 
 ENVIRONMENT = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME")
 DEFAULT_SERVICE = "nexa-gateway"
+CLIENT_LEFT = "client_disconnected"  # error.type of a request whose client went away before it ended
 
 # gen_ai.operation.name of the routes that run a model (GenAI semantic conventions' well-known values)
 OPERATIONS: dict[str, str] = {
@@ -173,6 +174,14 @@ class RequestTrace:
 
     def finish_reasons(self, reasons: list[str]) -> None:
         self.span.set_attribute("gen_ai.response.finish_reasons", list(reasons))
+
+    def abandoned(self, deltas: int, error: str = CLIENT_LEFT) -> None:
+        """A generation that ended before its last token: the span says what the log's `abandoned`
+        generation line says (observability/prompt_cache.log_abandoned), and why (`error.type`: the client
+        left, or the exception that broke the stream). Its usage never came, so `deltas` is how far it got."""
+        self.span.set_attribute("gen_ai.response.finish_reasons", ["abandoned"])
+        self.span.set_attribute("nexa.response.streamed_deltas", deltas)
+        self.span.set_attribute("error.type", error)
 
     def content(self, messages: Any = None, output: Any = None) -> None:
         """Prompt and completion text: only when the manifest opted in."""
