@@ -280,7 +280,8 @@ def logged(server, event: str, request_id: str) -> dict:
 def test_a_request_the_client_leaves_is_logged_and_counted_as_499(tmp_path, start_server):
     """Granian cancels the handler of a client that left before its answer; that request still gets its
     `request` line and metrics, under nginx's 499 "client closed request" (Robyn cannot tell: README "Servers")."""
-    path = write_manifest(tmp_path / "nexa.yaml", [fake("a", preload=True, options={"delay": 0.01})])
+    path = write_manifest(tmp_path / "nexa.yaml", [fake("a", preload=True, options={"delay": 0.01}),
+                                                   fake("lazy", options={"load_delay": 3})])
     server = start_server(["-c", str(path)])
     url = server.url
     with pytest.raises(httpx.ReadTimeout):  # 4000 words at 10 ms: 40 s if nobody stops it; the client leaves at 1 s
@@ -307,6 +308,15 @@ def test_a_request_the_client_leaves_is_logged_and_counted_as_499(tmp_path, star
     assert line["status"] == 200 and line["stream"] is True and "client_disconnected" not in line, line
     assert logged(server, "generation", "left-streaming")["finish_reason"] == "abandoned"
     assert metric(url, "nexa_requests_total", route="/v1/completions", model="a", status="200") == 1
+    # A stream the client leaves before its headers (here: while its model loads) is a 499 too, timed once.
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "model": "lazy"}, timeout=1.0,
+                          headers={"x-request-id": "left-loading"}):
+            pass
+    line = logged(server, "request", "left-loading")
+    assert (line["status"], line["stream"], line["model"], line["client_disconnected"]) == (499, True, "lazy", True)
+    assert metric(url, "nexa_request_seconds_count", route="/v1/completions") == 3  # with the left stream's
+
     answered = complete(url, "a")  # an answered request's line carries no such field
     assert answered.status_code == 200
     assert "client_disconnected" not in logged(server, "request", answered.headers["x-request-id"])
