@@ -45,6 +45,10 @@ CAPABILITY_NAMES = {
 }
 
 
+# nginx's "client closed request": the status logged and counted for a request whose client left before
+# its answer was sent (none was: the client never sees it).
+CLIENT_CLOSED = 499
+
 # A client's own X-Request-Id is echoed and logged only when it is short and plain.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -180,7 +184,10 @@ class Gateway:
             current_key.set(self.auth.authenticate(request))
             response = await self._dispatch(request)
         except asyncio.CancelledError:  # the client left before the answer (Granian cancels the handler)
-            if trace is not None:  # no answer went out: its span still ends, saying so
+            # No answer went out, but the request is logged and counted all the same (status 499), and its
+            # span ends saying so. Robyn never cancels a handler (it cannot see the client go): it runs to the end.
+            self._observe(request, CLIENT_CLOSED, bool(request.state.get("stream")), started, request_id)
+            if trace is not None:
                 TIMELINE.set(None)
                 trace.route(request.state.get("route"))
                 trace.end(error=CLIENT_LEFT)
@@ -196,7 +203,7 @@ class Gateway:
         if current_model.get():  # which model answered: routing is observable without reading the words
             response.headers["x-nexa-model"] = current_model.get()
         response.headers.update(cors_headers(request, self.manifest.server, allow=response.headers.get("allow")))
-        self._observe(request, response, started, request_id)
+        self._observe(request, response.status, isinstance(response, StreamResponse), started, request_id)
         if trace is not None:
             TIMELINE.set(None)
             trace.route(request.state.get("route"))
@@ -204,17 +211,20 @@ class Gateway:
                 trace.end(response.status)
         return response
 
-    def _observe(self, request: Request, response: Response | StreamResponse, started: float, request_id: str) -> None:
+    def _observe(self, request: Request, status: int, stream: bool, started: float, request_id: str) -> None:
+        """The request's log line and metrics: for every request, answered or not (CLIENT_CLOSED). A stream's
+        are written when its headers go out; its latency when it ends, and its end in the `generation` line."""
         route = request.state.get("route", "unmatched")
         model = current_model.get()
         elapsed = time.perf_counter() - started
-        metrics.REQUESTS.labels(route, model, str(response.status)).inc()
-        if not isinstance(response, StreamResponse):
+        metrics.REQUESTS.labels(route, model, str(status)).inc()
+        if not stream:  # a stream's is observed with its last byte (gateway/api/chat.py)
             metrics.LATENCY.labels(route).observe(elapsed)
-        log.info("%s %s %s", request.method, request.path, response.status,
-                 extra={"event": "request", "request_id": request_id, "method": request.method, "path": request.path,
-                        "status": response.status, "ms": round(elapsed * 1000, 2), "model": model,
-                        "stream": isinstance(response, StreamResponse)})
+        extra = {"event": "request", "request_id": request_id, "method": request.method, "path": request.path,
+                 "status": status, "ms": round(elapsed * 1000, 2), "model": model, "stream": stream}
+        if status == CLIENT_CLOSED:
+            extra["client_disconnected"] = True
+        log.info("%s %s %s", request.method, request.path, status, extra=extra)
 
     async def _dispatch(self, request: Request) -> Response | StreamResponse:
         try:

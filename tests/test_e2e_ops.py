@@ -4,6 +4,7 @@ named per model with `backend:`) because these tests are about the gateway."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -268,6 +269,59 @@ def test_metrics_and_request_ids(tmp_path, start_server):
     assert '"request_id": "trace-me-42"' in server.log()
 
 
+def logged(server, event: str, request_id: str) -> dict:
+    """The JSON log's line of that event for that request, once it is written."""
+    def find():
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        return next((x for x in lines if x.get("event") == event and x.get("request_id") == request_id), None)
+    return wait_for(find, timeout=15)
+
+
+def test_a_request_the_client_leaves_is_logged_and_counted_as_499(tmp_path, start_server):
+    """Granian cancels the handler of a client that left before its answer; that request still gets its
+    `request` line and metrics, under nginx's 499 "client closed request" (Robyn cannot tell: README "Servers")."""
+    path = write_manifest(tmp_path / "nexa.yaml", [fake("a", preload=True, options={"delay": 0.01}),
+                                                   fake("lazy", options={"load_delay": 3})])
+    server = start_server(["-c", str(path)])
+    url = server.url
+    with pytest.raises(httpx.ReadTimeout):  # 4000 words at 10 ms: 40 s if nobody stops it; the client leaves at 1 s
+        complete(url, "a", 4000, headers={"x-request-id": "left-waiting"}, timeout=1.0)
+    line = logged(server, "request", "left-waiting")
+    assert line["status"] == 499 and line["client_disconnected"] is True, line
+    assert (line["method"], line["path"], line["model"], line["stream"]) == ("POST", "/v1/completions", "a", False)
+    assert 900 <= line["ms"] < 10_000, line  # when the gateway saw the client go, not when the words would end
+    assert logged(server, "generation", "left-waiting")["finish_reason"] == "abandoned"
+    assert metric(url, "nexa_requests_total", route="/v1/completions", model="a", status="499") == 1
+    assert metric(url, "nexa_request_seconds_count", route="/v1/completions") == 1  # the same histogram as answers
+    assert metric(url, "nexa_request_seconds_bucket", route="/v1/completions", le="0.5") == 0
+    assert metric(url, "nexa_request_seconds_bucket", route="/v1/completions", le="10.0") == 1
+
+    # A stream the client leaves had its answer begin: its request line (written when the headers went
+    # out) says 200, as the status sent; the `generation` line says the client left, once.
+    body = {"model": "a", "prompt": "p", "max_tokens": 4000, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, headers={"x-request-id": "left-streaming"},
+                      timeout=30) as response:
+        for i, _ in enumerate(response.iter_lines()):
+            if i >= 10:
+                break
+    line = logged(server, "request", "left-streaming")
+    assert line["status"] == 200 and line["stream"] is True and "client_disconnected" not in line, line
+    assert logged(server, "generation", "left-streaming")["finish_reason"] == "abandoned"
+    assert metric(url, "nexa_requests_total", route="/v1/completions", model="a", status="200") == 1
+    # A stream the client leaves before its headers (here: while its model loads) is a 499 too, timed once.
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "model": "lazy"}, timeout=1.0,
+                          headers={"x-request-id": "left-loading"}):
+            pass
+    line = logged(server, "request", "left-loading")
+    assert (line["status"], line["stream"], line["model"], line["client_disconnected"]) == (499, True, "lazy", True)
+    assert metric(url, "nexa_request_seconds_count", route="/v1/completions") == 3  # with the left stream's
+
+    answered = complete(url, "a")  # an answered request's line carries no such field
+    assert answered.status_code == 200
+    assert "client_disconnected" not in logged(server, "request", answered.headers["x-request-id"])
+
+
 def test_replicas_serve_requests_side_by_side(tmp_path, start_server):
     path = write_manifest(tmp_path / "nexa.yaml",
                           [fake("r", preload=True, replicas=2, options={"delay": 0.03})])
@@ -285,8 +339,6 @@ def test_replicas_serve_requests_side_by_side(tmp_path, start_server):
 
 
 def test_unknown_request_fields_are_accepted_and_logged_once_per_route_and_field(tmp_path, start_server):
-    import json
-
     path = write_manifest(tmp_path / "nexa.yaml", [fake("a", preload=True)], server={"log_level": "debug"})
     server = start_server(["-c", str(path)])
     body = {"model": "a", "prompt": "p", "max_tokens": 1, "x_vendor_hint": {"a": 1}, "max_new_tokens": 2}
