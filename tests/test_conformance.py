@@ -213,8 +213,10 @@ def test_model_routes_name_the_model_that_answered(fake_server):
 def test_body_over_the_limit_is_413(fake_server):
     url = fake_server.url
     big = {"model": "a", "prompt": "x" * LIMIT}
-    declared = httpx.post(url + "/v1/completions", json=big, timeout=30)
+    before = metric(url, "nexa_requests_total", route="/v1/completions", status="413")
+    declared = httpx.post(url + "/v1/completions", json=big, headers={"x-request-id": "too-big-declared"}, timeout=30)
     assert declared.status_code == 413 and error(declared)["code"] == "request_too_large"
+    assert declared.headers["x-request-id"] == "too-big-declared"  # the client's own, echoed
 
     def chunks():  # no content-length: the limit holds on what arrives
         for _ in range(11):
@@ -225,7 +227,26 @@ def test_body_over_the_limit_is_413(fake_server):
     assert chunked.status_code == 413 and error(chunked)["code"] == "request_too_large"
     upload = httpx.post(url + TRANSCRIBE, files={"file": ("big.wav", b"\0" * (LIMIT + 1), "audio/wav")}, timeout=30)
     assert upload.status_code == 413
+    # Refused by the server adapter before the gateway reads the request, and still logged and counted.
+    for answer, path in ((declared, "/v1/completions"), (chunked, "/v1/completions"), (upload, TRANSCRIBE)):
+        line = logged(fake_server, answer.headers["x-request-id"])
+        assert (line["method"], line["path"], line["status"]) == ("POST", path, 413), line
+    assert metric(url, "nexa_requests_total", route="/v1/completions", status="413") == before + 2
     assert httpx.post(url + "/v1/completions", json={"model": "a", "prompt": "p", "max_tokens": 1}).status_code == 200
+
+
+def logged(server: Server, request_id: str) -> dict:
+    """The JSON log's `request` line of that request, once it is written."""
+    def find():
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        return next((x for x in lines if x.get("event") == "request" and x.get("request_id") == request_id), None)
+    return wait_for(find, timeout=15)
+
+
+def header(head: bytes, name: str) -> str | None:
+    """One header's value from a raw response head."""
+    return next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")[1:]
+                 if line.split(b":", 1)[0].strip().lower() == name.encode()), None)
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -254,17 +275,22 @@ def test_a_body_that_never_arrives_is_a_408_after_the_body_timeout(engine, start
     server = start_server(["-c", str(manifest), "--server", engine], env={"NEXA_BODY_TIMEOUT_S": "2"})
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100000\r\n\r\n{\"model\": \"a\", ")
+                     b"X-Request-Id: slow-body\r\nContent-Length: 100000\r\n\r\n{\"model\": \"a\", ")
         started = time.monotonic()
         head, body = read_response(sock)
         waited = time.monotonic() - started
         assert head.startswith(b"HTTP/1.1 408"), head
+        assert header(head, "x-request-id") == "slow-body"
         assert 1.5 < waited < 15, waited
         error = json.loads(body)["error"]
         assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
         assert "server.body_timeout_s" in error["message"]
         sock.settimeout(10)
         assert sock.recv(1024) == b""  # the connection is closed, not left waiting for the rest
+    line = logged(server, "slow-body")  # refused by the server adapter, and still logged and counted
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/v1/completions", 408), line
+    assert 1500 <= line["ms"] < 15_000, line  # from the request's arrival: the wait for the body counts
+    assert metric(server.url, "nexa_requests_total", route="/v1/completions", status="408") == 1
     # A body that does arrive (slowly, within the limit) is served as usual.
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         payload = json.dumps({"model": "a", "prompt": "p", "max_tokens": 2}).encode()
@@ -275,6 +301,23 @@ def test_a_body_that_never_arrives_is_a_408_after_the_body_timeout(engine, start
         head, body = read_response(sock)
         assert head.startswith(b"HTTP/1.1 200"), head
         assert json.loads(body)["choices"][0]["text"] == " w0 w1"
+
+
+@pytest.mark.parametrize("engine", only("robyn", "actix reads the whole body before Robyn calls the adapter, so a "
+                                                 "client that leaves during its upload never reaches the gateway"),
+                         indirect=True)
+def test_a_client_that_leaves_while_its_body_uploads_is_logged_and_counted_as_499(engine, start_server, tmp_path):
+    manifest = write_manifest(tmp_path / "nexa.yaml", [{"name": "a", **FAKE, "preload": True}])
+    server = start_server(["-c", str(manifest), "--server", engine], env={"NEXA_BODY_TIMEOUT_S": "30"})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"X-Request-Id: left-uploading\r\nContent-Length: 100000\r\n\r\n{\"model\": \"a\", ")
+        time.sleep(0.5)
+    line = logged(server, "left-uploading")  # long before the body timeout
+    assert (line["path"], line["status"], line.get("client_disconnected")) == ("/v1/completions", 499, True), line
+    assert metric(server.url, "nexa_requests_total", route="/v1/completions", status="499") == 1
+    # The truncated body was not handed to the route (it would have been answered, to nobody, as bad JSON).
+    assert metric(server.url, "nexa_requests_total", route="/v1/completions") == 1
 
 
 def test_messages_routes_answer_every_error_in_the_anthropic_envelope(fake_server):
