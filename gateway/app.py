@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import re
@@ -199,10 +200,7 @@ class Gateway:
             response = error_response(exc, style, "Internal server error; see the gateway log for request " + request_id)
         if request.method == "HEAD" and isinstance(response, Response):
             response.body = b""
-        response.headers["x-request-id"] = request_id
-        if current_model.get():  # which model answered: routing is observable without reading the words
-            response.headers["x-nexa-model"] = current_model.get()
-        response.headers.update(cors_headers(request, self.manifest.server, allow=response.headers.get("allow")))
+        self._headers(request, response, request_id)
         self._observe(request, response.status, isinstance(response, StreamResponse), started, request_id)
         if trace is not None:
             TIMELINE.set(None)
@@ -210,6 +208,37 @@ class Gateway:
             if not trace.deferred:  # a model stream's span ends with its last token (gateway/api/chat.py)
                 trace.end(response.status)
         return response
+
+    def refuse(self, request: Request, status: int) -> Response:
+        """The answer a server adapter gives on its own, before the request reaches `respond`: 408 (its body
+        did not arrive within server.body_timeout_s; the connection closes), 413 (its body is over
+        server.max_body_bytes) or CLIENT_CLOSED (the client left during its upload: nothing is sent).
+        Every request is logged and counted, so these go through the same `_observe` and headers as the
+        answers of `respond`, under the route asked for. `request` needs no body; `state["started"]`, when
+        the adapter set it, is when the request arrived (a 408's time is the wait for the body)."""
+        request_id = request.state["request_id"] = request_id_of(request)
+        current_model.set("")
+        started = request.state.setdefault("started", time.perf_counter())
+        with contextlib.suppress(HTTPError):  # an unknown route or method keeps the label "unmatched"
+            self._match(request)
+        server = self.manifest.server
+        if status == 408:
+            error = HTTPError(408, f"The request body did not arrive within {server.body_timeout_s:g}s "
+                                   "(server.body_timeout_s).", code="request_timeout", headers={"connection": "close"})
+        else:
+            error = HTTPError(413, f"The request body is larger than this gateway's limit of {server.max_body_bytes} "
+                                   "bytes.", code="request_too_large")
+        response = Response(status) if status == CLIENT_CLOSED else error_response(error, routes.ERROR_STYLES.get(
+            request.path))
+        self._headers(request, response, request_id)
+        self._observe(request, status, False, started, request_id)
+        return response
+
+    def _headers(self, request: Request, response: Response | StreamResponse, request_id: str) -> None:
+        response.headers["x-request-id"] = request_id
+        if current_model.get():  # which model answered: routing is observable without reading the words
+            response.headers["x-nexa-model"] = current_model.get()
+        response.headers.update(cors_headers(request, self.manifest.server, allow=response.headers.get("allow")))
 
     def _observe(self, request: Request, status: int, stream: bool, started: float, request_id: str) -> None:
         """The request's log line and metrics: for every request, answered or not (CLIENT_CLOSED). A stream's
@@ -230,7 +259,7 @@ class Gateway:
         try:
             if request.method == "OPTIONS":  # a CORS preflight or a client asking: only on a real route
                 return Response(204, {"allow": self.router.allowed(request.path)})
-            handler, params = self.router.match(request.method, request.path)
+            handler = self._match(request)
         except HTTPError as exc:
             capability = self._unserved.get(request.path)
             if exc.status == 404 and capability:
@@ -238,20 +267,14 @@ class Gateway:
                                      f"{CAPABILITY_NAMES.get(capability, capability)} ({request.path}).",
                                 code="route_not_served") from None
             raise
+        return await handler(request)
+
+    def _match(self, request: Request):
+        """The route's handler; notes its path parameters and its template (the `route` label)."""
+        handler, params = self.router.match(request.method, request.path)
         request.path_params = params
         route = request.path
         for name, value in params.items():  # the route's template, not the value: bounded metric labels
             route = route.replace(value, "{" + name + "}")
         request.state["route"] = route
-        return await handler(request)
-
-    def body_timeout(self, path: str = "") -> Response:
-        """408 for a body that did not arrive within server.body_timeout_s; the connection closes."""
-        limit = self.manifest.server.body_timeout_s
-        return error_response(HTTPError(408, f"The request body did not arrive within {limit:g}s (server.body_timeout_s).",
-                                        code="request_timeout", headers={"connection": "close"}), routes.ERROR_STYLES.get(path))
-
-    def too_large(self, path: str = "") -> Response:
-        limit = self.manifest.server.max_body_bytes
-        return error_response(HTTPError(413, f"The request body is larger than this gateway's limit of {limit} bytes.",
-                                        code="request_too_large"), routes.ERROR_STYLES.get(path))
+        return handler

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import signal
+import time
 from typing import Any
 
-from gateway.app import Gateway
+from gateway.app import CLIENT_CLOSED, Gateway
 from gateway.http.core import Request, Response, StreamResponse
 from gateway.observability.logs import use_json
 from gateway.servers.common import exit_if_port_busy, reloader_options
@@ -41,23 +42,26 @@ class RSGIApp:
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.proto != "http":
             return
-        headers = {k.lower(): v for k, v in scope.headers.items()}
-        try:
-            # A client that declares a body and never sends it would hold the connection forever.
-            body = await asyncio.wait_for(self._read_body(headers, protocol),
-                                          self.gateway.manifest.server.body_timeout_s)
-        except asyncio.TimeoutError:
-            return self._send(protocol, self.gateway.body_timeout(scope.path))
-        if body is None:
-            return self._send(protocol, self.gateway.too_large(scope.path))
         request = Request(
             method=scope.method,
             path=scope.path,
             query_string=scope.query_string,
-            headers=headers,
-            body=body,
+            headers={k.lower(): v for k, v in scope.headers.items()},
             client=scope.client,
+            state={"started": time.perf_counter()},  # a refusal's time includes the wait for the body
         )
+        try:
+            # A client that declares a body and never sends it would hold the connection forever.
+            body = await asyncio.wait_for(self._read_body(request.headers, protocol),
+                                          self.gateway.manifest.server.body_timeout_s)
+        except asyncio.TimeoutError:
+            body = 408
+        if isinstance(body, int):  # refused before the gateway had the request: logged and counted all the same
+            refusal = self.gateway.refuse(request, body)
+            if body != CLIENT_CLOSED:
+                self._send(protocol, refusal)
+            return
+        request.body = body
         # A client that leaves before the answer is ready cancels the handler
         # (and so the model's work) instead of letting it run to the end.
         handling = asyncio.ensure_future(self.gateway.respond(request))
@@ -75,15 +79,17 @@ class RSGIApp:
             gone.cancel()
             self._send(protocol, response)
 
-    async def _read_body(self, headers: dict[str, str], protocol: Any) -> bytes | None:
-        """Read the body, refusing (None) anything over the limit, chunked bodies included.
+    async def _read_body(self, headers: dict[str, str], protocol: Any) -> bytes | int:
+        """Read the body, or the status that refuses it: 413 for anything over the limit, chunked
+        bodies included; CLIENT_CLOSED for one shorter than its declared length (Granian ends the
+        body when the client leaves: the route must not get a truncated body as if it were whole).
 
         Past the limit the rest is read and dropped (up to a bound), so the client
         gets its 413 instead of a connection reset while it is still sending."""
         limit = self.gateway.manifest.server.max_body_bytes
-        declared = headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            return None
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return 413
         chunks, size = [], 0
         async for chunk in protocol:
             size += len(chunk)
@@ -93,7 +99,9 @@ class RSGIApp:
                     break
                 continue
             chunks.append(chunk)
-        return None if size > limit else b"".join(chunks)
+        if size > limit:
+            return 413
+        return CLIENT_CLOSED if declared.isdigit() and size < int(declared) else b"".join(chunks)
 
     @staticmethod
     def _send(protocol: Any, response: Response) -> None:

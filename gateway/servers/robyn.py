@@ -185,30 +185,31 @@ class RobynAdapter:
                 self.inflight -= 1
 
     def translate(self, request: Any) -> Request | Response:
-        """Robyn's request -> gateway.http.core.Request, or the 413 answer."""
+        """Robyn's request -> gateway.http.core.Request, or the 413 answer (logged and counted by the gateway)."""
         limit = self.gateway.manifest.server.max_body_bytes
-        headers = {k.lower(): v for k, v in request.headers.to_dict().items()}
+        translated = Request(
+            method=request.method,
+            path=unquote(request.url.path),  # Robyn leaves the path percent-encoded; Granian decodes it
+            query_string=query_string(request.query_params),
+            headers={k.lower(): v for k, v in request.headers.to_dict().items()},
+            client=request.ip_addr or "",
+        )
+        headers = translated.headers
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return self.gateway.too_large(request.url.path)
+            return self.gateway.refuse(translated, 413)
         body = request.body
         if isinstance(body, str):  # Robyn hands over UTF-8 bodies decoded
             body = body.encode("utf-8")
         if len(body) > limit:  # chunked bodies have no declared length
-            return self.gateway.too_large(request.url.path)
+            return self.gateway.refuse(translated, 413)
         if "multipart/form-data" in headers.get("content-type", ""):  # Robyn's own test, verbatim
             body, headers["content-type"] = rebuild_multipart(request.form_data, request.files)
             headers["content-length"] = str(len(body))
             if len(body) > limit:
-                return self.gateway.too_large(request.url.path)
-        return Request(
-            method=request.method,
-            path=unquote(request.url.path),  # Robyn leaves the path percent-encoded; Granian decodes it
-            query_string=query_string(request.query_params),
-            headers=headers,
-            body=body,
-            client=request.ip_addr or "",
-        )
+                return self.gateway.refuse(translated, 413)
+        translated.body = body
+        return translated
 
     def _response(self, response: Response) -> Any:
         return self.robyn.Response(status_code=response.status, headers=dict(response.headers),
