@@ -268,14 +268,22 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
+def half_a_body(engine: str, start_server, tmp_path: Path, body_timeout_s: str,
+                request_id: str) -> tuple[Server, socket.socket]:
+    """A fake-engine server, and a connection whose request declares 100 kB of body and sends 15 bytes."""
+    manifest = write_manifest(tmp_path / "nexa.yaml", [{"name": "a", **FAKE, "preload": True}])
+    server = start_server(["-c", str(manifest), "--server", engine], env={"NEXA_BODY_TIMEOUT_S": body_timeout_s})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"X-Request-Id: " + request_id.encode() + b"\r\nContent-Length: 100000\r\n\r\n{\"model\": \"a\", ")
+    return server, sock
+
+
 @pytest.mark.parametrize("engine", only("robyn", "Robyn reads the whole body before the adapter sees the request, "
                                                  "so a body that never arrives is never answered"), indirect=True)
 def test_a_body_that_never_arrives_is_a_408_after_the_body_timeout(engine, start_server, tmp_path):
-    manifest = write_manifest(tmp_path / "nexa.yaml", [{"name": "a", **FAKE, "preload": True}])
-    server = start_server(["-c", str(manifest), "--server", engine], env={"NEXA_BODY_TIMEOUT_S": "2"})
-    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"X-Request-Id: slow-body\r\nContent-Length: 100000\r\n\r\n{\"model\": \"a\", ")
+    server, sock = half_a_body(engine, start_server, tmp_path, "2", "slow-body")
+    with sock:
         started = time.monotonic()
         head, body = read_response(sock)
         waited = time.monotonic() - started
@@ -307,11 +315,8 @@ def test_a_body_that_never_arrives_is_a_408_after_the_body_timeout(engine, start
                                                  "client that leaves during its upload never reaches the gateway"),
                          indirect=True)
 def test_a_client_that_leaves_while_its_body_uploads_is_logged_and_counted_as_499(engine, start_server, tmp_path):
-    manifest = write_manifest(tmp_path / "nexa.yaml", [{"name": "a", **FAKE, "preload": True}])
-    server = start_server(["-c", str(manifest), "--server", engine], env={"NEXA_BODY_TIMEOUT_S": "30"})
-    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"X-Request-Id: left-uploading\r\nContent-Length: 100000\r\n\r\n{\"model\": \"a\", ")
+    server, sock = half_a_body(engine, start_server, tmp_path, "30", "left-uploading")
+    with sock:
         time.sleep(0.5)
     line = logged(server, "left-uploading")  # long before the body timeout
     assert (line["path"], line["status"], line.get("client_disconnected")) == ("/v1/completions", 499, True), line
