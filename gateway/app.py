@@ -221,18 +221,24 @@ class Gateway:
         started = request.state.setdefault("started", time.perf_counter())
         with contextlib.suppress(HTTPError):  # an unknown route or method keeps the label "unmatched"
             self._match(request)
-        server = self.manifest.server
-        if status == 408:
-            error = HTTPError(408, f"The request body did not arrive within {server.body_timeout_s:g}s "
-                                   "(server.body_timeout_s).", code="request_timeout", headers={"connection": "close"})
+        if status == CLIENT_CLOSED:
+            response = Response(status)  # never sent: the client is gone
         else:
-            error = HTTPError(413, f"The request body is larger than this gateway's limit of {server.max_body_bytes} "
-                                   "bytes.", code="request_too_large")
-        response = Response(status) if status == CLIENT_CLOSED else error_response(error, routes.ERROR_STYLES.get(
-            request.path))
+            response = error_response(self._refusal(status), routes.ERROR_STYLES.get(request.path))
         self._headers(request, response, request_id)
         self._observe(request, status, False, started, request_id)
         return response
+
+    def _refusal(self, status: int) -> HTTPError:
+        """The error of an adapter's own answer (only these two: another status is a bug, a KeyError)."""
+        server = self.manifest.server
+        return {
+            408: lambda: HTTPError(408, f"The request body did not arrive within {server.body_timeout_s:g}s "
+                                        "(server.body_timeout_s).", code="request_timeout",
+                                   headers={"connection": "close"}),
+            413: lambda: HTTPError(413, f"The request body is larger than this gateway's limit of "
+                                        f"{server.max_body_bytes} bytes.", code="request_too_large"),
+        }[status]()
 
     def _headers(self, request: Request, response: Response | StreamResponse, request_id: str) -> None:
         response.headers["x-request-id"] = request_id
