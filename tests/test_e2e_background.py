@@ -186,3 +186,33 @@ def test_sigterm_ends_a_running_background_response_in_the_store(tmp_path, smoll
         assert response.status == "failed" and "shut down" in response.error.message
     finally:
         second.stop()
+
+
+def test_two_gateways_on_one_redis_cancel_and_stream_each_others_jobs(start_server, tmp_path, smollm2_path,
+                                                                      redis_server):
+    redis_server.flush()
+    env = {"NEXA_STATE": redis_server.url}
+    a_server, b_server = (start_server(["-c", str(manifest(tmp_path, smollm2_path))], env=env) for _ in range(2))
+    a, b = (openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0, timeout=120) for s in (a_server, b_server))
+    # a job gateway A runs, streamed from B (which replays it once A has finished it)
+    short = a.responses.create(model="smollm2", input="Name three colours.", max_output_tokens=24, temperature=0,
+                               background=True)
+    with b.responses.retrieve(short.id, stream=True, starting_after=2) as stream:
+        rest = [event for event in stream]
+    assert [e.sequence_number for e in rest] == list(range(3, 3 + len(rest)))
+    assert rest[-1].type in ("response.completed", "response.incomplete")
+    assert rest[-1].response.output_text == a.responses.retrieve(short.id).output_text
+    # a job gateway A runs, cancelled through B: A stops decoding at its next lease renewal
+    long = a.responses.create(model="smollm2", input=LONG, max_output_tokens=1500, temperature=0, background=True,
+                              extra_headers={"x-request-id": "bg-cancel-redis"})
+    wait(b, long.id, until=("in_progress",), timeout=120)
+    assert b.responses.retrieve(long.id).status == "in_progress"  # A is alive: not settled as failed
+    assert b.responses.cancel(long.id).status == "cancelled"
+    deadline = time.monotonic() + 20
+    ended: list[dict] = []
+    while time.monotonic() < deadline and not ended:
+        ended = [e for e in log_events(a_server, "bg-cancel-redis") if e.get("event") == "generation"]
+        time.sleep(0.2)
+    assert [e["finish_reason"] for e in ended] == ["abandoned"]
+    assert 0 < ended[0]["streamed_deltas"] < 1500
+    assert a.responses.retrieve(long.id).status == "cancelled"

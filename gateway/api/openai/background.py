@@ -277,12 +277,20 @@ async def events(store: Store, who: str, record: dict[str, Any], after: int) -> 
             yield event
         return
     kept, first = record["background"].get("events"), record["background"].get("first_event", 0)
-    if kept is None:
-        raise HTTPError(400, f"The events of response {response_id!r} were not kept (its gateway stopped before "
-                             "it finished); retrieve it without stream.", code="invalid_request")
+    if kept is None:  # its gateway died while this stream waited: its end is the one event there is
+        yield {"type": f"response.{record['response']['status']}", "sequence_number": after + 1,
+               "response": record["response"]}
+        return
     check_window(first, after)
     for event in kept[max(0, after + 1 - first):]:
         yield event
+
+
+def forget(response_id: str) -> None:
+    """Its record was deleted: stop its job if this process runs it (its end then writes nothing)."""
+    job = JOBS.get(response_id)
+    if job is not None and job.task is not None:
+        job.task.cancel()
 
 
 def replayable(record: dict[str, Any], after: int) -> None:

@@ -161,6 +161,9 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
 async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
     body: ResponsesRequest = parse_body(ResponsesRequest, request)
     _refuse_unsupported(body)
+    if body.background and gw.manifest.server.responses_max_stored == 0:
+        raise HTTPError(400, "background: true needs a stored response, and this gateway stores none "
+                             "(server.responses_max_stored is 0).", param="background", code="invalid_value")
     store, who = stored.store_of(gw), stored.owner()
     history: list[dict[str, Any]] = []
     conversation_id = body.conversation_id
@@ -267,6 +270,7 @@ async def delete(gw: "Gateway", request: Request) -> Response:
     response_id = request.path_params["response_id"]
     if not await stored.store_of(gw).delete(stored.owner(), stored.RESPONSE, response_id):
         raise stored.response_not_found(response_id)
+    background.forget(response_id)  # a job still running here stops now (on another gateway: at its next lease)
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
