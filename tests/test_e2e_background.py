@@ -216,3 +216,34 @@ def test_two_gateways_on_one_redis_cancel_and_stream_each_others_jobs(start_serv
     assert [e["finish_reason"] for e in ended] == ["abandoned"]
     assert 0 < ended[0]["streamed_deltas"] < 1500
     assert a.responses.retrieve(long.id).status == "cancelled"
+
+
+def test_an_error_the_engine_finds_ends_the_response_failed(client):
+    """What only the engine can find (a prompt longer than nctx) is no 400 once the answer was `queued`:
+    the response ends `failed` with the error a foreground call would have answered."""
+    long_input = "word " * 3000
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="smollm2", input=long_input, max_output_tokens=8)
+    code = info.value.response.json()["error"]["code"]
+    created = client.responses.create(model="smollm2", input=long_input, max_output_tokens=8, background=True)
+    done = wait(client, created.id)
+    assert done.status == "failed" and done.error.code == code and done.error.message
+
+
+def test_deleting_a_running_background_response_stops_it(client, server):
+    created = client.responses.create(model="smollm2", input=LONG, max_output_tokens=1500, temperature=0,
+                                      background=True, extra_headers={"x-request-id": "bg-delete-1"})
+    wait(client, created.id, until=("in_progress",), timeout=120)
+    time.sleep(0.5)
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    deadline = time.monotonic() + 10
+    ended: list[dict] = []
+    while time.monotonic() < deadline and not ended:
+        ended = [e for e in log_events(server, "bg-delete-1") if e.get("event") == "generation"]
+        time.sleep(0.2)
+    assert [e["finish_reason"] for e in ended] == ["abandoned"]
+    time.sleep(1)
+    with pytest.raises(openai.NotFoundError):  # its end wrote nothing back
+        client.responses.retrieve(created.id)

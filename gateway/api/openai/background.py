@@ -59,6 +59,7 @@ class Job:
         self.done = False
         self.shutdown = False  # cancelled by a gateway shutdown, not by a client: ends `failed`
         self.task: asyncio.Task | None = None
+        self.stored = asyncio.Event()  # its record is in the store: the job may write it
         self._wake = asyncio.Event()
 
     def publish(self, event: Event) -> None:
@@ -111,15 +112,24 @@ async def start(store: Store, who: str, turn: ResponseTurn, opener: Opener, reme
     turn.response.status = "queued"
     job.publish(turn.event("response.created", response=turn.dump()))
     job.publish(turn.event("response.queued", response=turn.dump()))
-    await store.put(who, stored.RESPONSE, job.id,
-                    {"response": turn.dump(), "input_items": input_items, "background": meta()})
+    # The job (and its task, which waits for its record) exists before its record does: a reader never
+    # finds a record of this process without its job.
     JOBS[job.id] = job
     job.task = asyncio.create_task(_run(job, opener, remember), name=f"background {job.id}")
+    try:
+        await store.put(who, stored.RESPONSE, job.id,
+                        {"response": turn.dump(), "input_items": input_items, "background": meta()})
+    except BaseException:
+        job.task.cancel()
+        JOBS.pop(job.id, None)
+        raise
+    job.stored.set()
     return job
 
 
 async def _run(job: Job, opener: Opener, remember: Remember) -> None:
     turn = job.turn
+    await job.stored.wait()
     beat = asyncio.create_task(_heartbeat(job))
 
     async def keep(response: dict[str, Any]) -> None:
@@ -192,10 +202,10 @@ async def _heartbeat(job: Job) -> None:
 # -- reading ------------------------------------------------------------------------------
 
 
-def _dead(background: dict[str, Any]) -> bool:
+def _dead(response_id: str, background: dict[str, Any]) -> bool:
     owner = background.get("owner", "")
     if owner == PROCESS:
-        return False  # a job of this process that is not in JOBS is writing its end now
+        return response_id not in JOBS  # its job ended without storing its end (the store was down)
     if time.time() > background.get("lease_until", 0):
         return True
     host, _, rest = owner.partition(":")
@@ -216,21 +226,22 @@ def _dead(background: dict[str, Any]) -> bool:
 async def settle(store: Store, who: str, record: dict[str, Any]) -> dict[str, Any]:
     """The record as it stands, after settling a job whose owner died as `failed`."""
     background = record.get("background")
-    if not background or record["response"]["status"] in TERMINAL or not _dead(background):
+    response_id = record["response"]["id"]
+    if not background or record["response"]["status"] in TERMINAL or not _dead(response_id, background):
         return record
     owner = background.get("owner")
     message = (f"The gateway process that ran this background response ({owner}) stopped before it finished "
                "(it was killed, or crashed); send the request again.")
 
     def fail(current: dict[str, Any]) -> dict[str, Any]:
-        if current["response"]["status"] not in TERMINAL and _dead(current.get("background", {})):
+        if current["response"]["status"] not in TERMINAL and _dead(response_id, current.get("background", {})):
             current["response"].update(status="failed", error={"code": "server_error", "message": message})
             current["background"] = {**current.get("background", {}), "lease_until": 0}
         return current
 
-    log.warning("background response %s: its owner %s is gone; settled as failed", record["response"]["id"], owner,
-                extra={"event": "background_orphaned", "response_id": record["response"]["id"], "owner": owner})
-    return await store.update(who, stored.RESPONSE, record["response"]["id"], fail) or record
+    log.warning("background response %s: its owner %s is gone; settled as failed", response_id, owner,
+                extra={"event": "background_orphaned", "response_id": response_id, "owner": owner})
+    return await store.update(who, stored.RESPONSE, response_id, fail) or record
 
 
 async def cancel(store: Store, who: str, record: dict[str, Any]) -> dict[str, Any]:
