@@ -151,7 +151,8 @@ def test_a_response_left_in_progress_by_a_killed_gateway_ends_failed(tmp_path, s
     first = Server(["-c", str(manifest(tmp_path, smollm2_path))], tmp_path, env=cache)
     try:
         sdk = openai.OpenAI(base_url=first.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
-        created = sdk.responses.create(model="smollm2", input=LONG, max_output_tokens=1500, background=True)
+        created = sdk.responses.create(model="smollm2", input=LONG, max_output_tokens=1500, temperature=0,
+                                       background=True)
         wait(sdk, created.id, until=("in_progress",), timeout=120)
     finally:
         first.proc.send_signal(signal.SIGKILL)  # no shutdown: the job's record is left in progress
