@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from backends.errors import NexaError
 from gateway.api import table as routes
+from gateway.api.openai import background
 from gateway.http.core import HTTPError, Request, Response, Router, StreamResponse
 from gateway.http.errors import error_response
 from gateway.http.security import Authenticator, check_model, cors_headers, current_key, load_keys
@@ -79,10 +80,12 @@ class Gateway:
         # and a store that cannot be reached then is tried again by every request that needs it.
         self.state = open_store(manifest.server.state)
         self.tracing: Tracing | None = None  # OpenTelemetry spans, when server.tracing or OTEL_* asks for them
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
     def startup(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._state_started = asyncio.run_coroutine_threadsafe(self._start_state(), loop)
         self.tracing = Tracing.configure(self.manifest.server.tracing)
         self.pool = ModelPool(self.manifest.models, loop, self.manifest.server)
@@ -109,6 +112,11 @@ class Gateway:
     def shutdown(self) -> None:
         if self.reloader is not None:
             self.reloader.stop()
+        loop = self._loop
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            # Both servers call this once their loop has stopped serving (the streams drained): background
+            # responses get half the grace to finish, then end `failed` in the store, never left in progress.
+            loop.run_until_complete(background.drain(self.manifest.server.shutdown_grace_s))
         if self.pool is not None:
             self.pool.close(timeout=self.manifest.server.shutdown_grace_s)
             log.info("models unloaded", extra={"event": "shutdown"})

@@ -318,9 +318,9 @@ def test_hosted_tools_are_refused(client, tool):
     assert "hosted tool" in error["message"] and error["param"] == "tools[0].type"
 
 
-def test_background_is_refused_and_reasoning_ignored(client):
-    with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model="smollm2", input="Hi", background=True)
+def test_background_without_store_is_refused_and_reasoning_ignored(client):
+    with pytest.raises(openai.BadRequestError) as info:  # background mode itself: tests/test_e2e_background.py
+        client.responses.create(model="smollm2", input="Hi", background=True, store=False)
     assert info.value.response.json()["error"]["param"] == "background"
     response = client.responses.create(model="smollm2", input="Hi", max_output_tokens=5, reasoning={"effort": "low"})
     assert response.status in ("completed", "incomplete")

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from gateway.api.chat import chain, closing, open_chat
 from gateway.api.common import SSE_HEADERS, parse_body, sse
-from gateway.api.openai import stored
+from gateway.api.openai import background, stored
 from gateway.api.openai.items import stored_items
-from gateway.api.openai.responses_events import ResponseTurn
+from gateway.api.openai.responses_events import ResponseTurn, generate
 from gateway.api.openai.truncation import fit
 from gateway.http.core import HTTPError, Request, Response, Route, StreamResponse, json_response
 from schemas.openai import ChatRequest
@@ -149,9 +149,10 @@ def chat_request(body: ResponsesRequest, messages: list[dict[str, Any]], tools: 
 
 
 def _refuse_unsupported(body: ResponsesRequest) -> None:
-    if body.background:
-        raise HTTPError(400, "background: true is not supported by this gateway; send the request without it "
-                             "(and stream it if it is long).", param="background", code="unsupported_value")
+    if body.background and not body.store:
+        raise HTTPError(400, "background: true needs store: true (a background response is kept in the state "
+                             "store to be retrieved); send it without `store: false`.", param="background",
+                        code="invalid_value")
 
 
 # -- handlers -----------------------------------------------------------------------------
@@ -160,6 +161,9 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
 async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
     body: ResponsesRequest = parse_body(ResponsesRequest, request)
     _refuse_unsupported(body)
+    if body.background and gw.manifest.server.responses_max_stored == 0:
+        raise HTTPError(400, "background: true needs a stored response, and this gateway stores none "
+                             "(server.responses_max_stored is 0).", param="background", code="invalid_value")
     store, who = stored.store_of(gw), stored.owner()
     history: list[dict[str, Any]] = []
     conversation_id = body.conversation_id
@@ -178,45 +182,55 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
         return chat_request(body, messages_of(body.instructions, candidate), tools)
 
     prompt = await fit(gw, request, items, body.max_output_tokens, build) if body.truncation == "auto" else items
-    try:
-        handle, first, deltas = await open_chat(gw, request, build(prompt))
-    except HTTPError as exc:
-        if exc.param == "max_tokens":
-            exc.param, exc.message = "max_output_tokens", exc.message.replace("max_tokens", "max_output_tokens")
-        raise
+    chat = build(prompt)  # a request this gateway cannot run is a 400 now, also in the background
+
+    async def opener(on: Request = request) -> tuple[Any, Any, AsyncIterator[Any]]:
+        try:
+            return await open_chat(gw, on, chat)
+        except HTTPError as exc:
+            if exc.param == "max_tokens":
+                exc.param, exc.message = "max_output_tokens", exc.message.replace("max_tokens", "max_output_tokens")
+            raise
+
+    model = gw.select_model(body.model, "chat", request.path).name if body.background else None
+    handle, first, deltas = (None, None, None) if body.background else await opener()
     turn = ResponseTurn(ResponseObject(
-        id=stored.new_id("resp"), created_at=int(time.time()), status="in_progress", model=handle.name,
+        id=stored.new_id("resp"), created_at=int(time.time()), status="in_progress", model=model or handle.name,
         instructions=body.instructions, max_output_tokens=body.max_output_tokens,
         parallel_tool_calls=body.parallel_tool_calls, previous_response_id=body.previous_response_id,
         store=body.store, temperature=body.temperature, top_p=body.top_p, tool_choice=body.tool_choice,
         tools=body.tools, text={"format": body.text.format.model_dump(by_alias=True, exclude_none=True)},
-        truncation=body.truncation, user=body.user, metadata=body.metadata,
+        truncation=body.truncation, user=body.user, metadata=body.metadata, background=body.background,
         conversation={"id": conversation_id} if conversation_id else None), namespaces)
+
+    async def remember(response: dict[str, Any]) -> None:
+        """What keeping a response adds besides its own record: where its items are, its conversation."""
+        if body.store:
+            await stored.point_items(store, who, [*new_items, *response["output"]], {"response": response["id"]})
+        if conversation_id:
+            await stored.append_to_conversation(store, who, conversation_id, [*new_items, *response["output"]])
 
     async def keep(response: dict[str, Any]) -> None:
         if response["status"] == "failed":
             return
         if body.store:
-            await stored.save_response(store, who, response, items, new_items)
-        if conversation_id:
-            await stored.append_to_conversation(store, who, conversation_id, [*new_items, *response["output"]])
+            await store.put(who, stored.RESPONSE, response["id"], {"response": response, "input_items": items})
+        await remember(response)
+
+    if body.background:  # the job runs on a copy of the request: this one ends with its answer
+        detached = Request(request.method, request.path, headers=dict(request.headers), client=request.client,
+                           state={k: v for k, v in request.state.items() if k != "trace"})
+        job = await background.start(store, who, turn, lambda: opener(detached), remember, items)
+        if not body.stream:
+            return json_response(turn.dump())
+        return StreamResponse((_event(event) async for event in job.follow(-1)), headers=dict(SSE_HEADERS))
 
     if body.stream:
         async def events() -> AsyncIterator[bytes]:
             for event in turn.start():
                 yield _event(event)
-            try:
-                async for delta in chain(first, deltas):
-                    batch = turn.feed(delta)
-                    if turn.finished:
-                        await keep(turn.dump())  # before the terminal event: a client may retrieve it at once
-                    for event in batch:
-                        yield _event(event)
-            except Exception as exc:  # noqa: BLE001 - reported in-band once headers are sent
-                yield _event(turn.fail(exc))
-                return
-            if not turn.finished:  # the engine ended without a finish reason: never leave the stream open
-                yield _event(turn.fail(RuntimeError("generation ended without a finish reason")))
+            async for event in generate(turn, first, deltas, keep):
+                yield _event(event)
 
         return StreamResponse(closing(events(), deltas), headers=dict(SSE_HEADERS))
 
@@ -234,24 +248,41 @@ def _event(event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\n".encode() + sse(event)
 
 
-async def retrieve(gw: "Gateway", request: Request) -> Response:
-    found = await stored.load_response(stored.store_of(gw), stored.owner(), request.path_params["response_id"])
-    return json_response(found["response"])
+async def retrieve(gw: "Gateway", request: Request) -> Response | StreamResponse:
+    """The stored response (a background one settled as failed if its gateway died); with `stream=true`,
+    a background response's events after `starting_after`, live while it runs."""
+    store, who = stored.store_of(gw), stored.owner()
+    found = await background.settle(store, who, await stored.load_response(store, who,
+                                                                           request.path_params["response_id"]))
+    if (request.query_value("stream") or "").lower() not in ("true", "1"):
+        return json_response(found["response"])
+    try:
+        after = int(request.query_value("starting_after") or -1)
+    except ValueError:
+        raise HTTPError(400, "starting_after must be an integer (a sequence number).", param="starting_after",
+                        code="invalid_value") from None
+    background.replayable(found, after)
+    return StreamResponse((_event(event) async for event in background.events(store, who, found, after)),
+                          headers=dict(SSE_HEADERS))
 
 
 async def delete(gw: "Gateway", request: Request) -> Response:
     response_id = request.path_params["response_id"]
     if not await stored.store_of(gw).delete(stored.owner(), stored.RESPONSE, response_id):
         raise stored.response_not_found(response_id)
+    background.forget(response_id)  # a job still running here stops now (on another gateway: at its next lease)
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
 async def cancel(gw: "Gateway", request: Request) -> Response:
-    """OpenAI cancels background responses only; this gateway runs none (it refuses `background: true`)."""
-    await stored.load_response(stored.store_of(gw), stored.owner(), request.path_params["response_id"])
-    raise HTTPError(400, "Only responses created with background=true can be cancelled; this gateway runs no "
-                         "response in the background (a client that disconnects from a stream stops it).",
-                    code="invalid_request")
+    """OpenAI cancels background responses only (a foreground stream stops when its client leaves);
+    cancelling one that has finished answers it unchanged, as OpenAI's repeated cancel does."""
+    store, who = stored.store_of(gw), stored.owner()
+    found = await stored.load_response(store, who, request.path_params["response_id"])
+    if not found.get("background"):
+        raise HTTPError(400, "Only responses created with background=true can be cancelled (a client that "
+                             "disconnects from a stream stops it).", code="invalid_request")
+    return json_response(await background.cancel(store, who, found))
 
 
 async def list_input_items(gw: "Gateway", request: Request) -> Response:
@@ -263,7 +294,8 @@ async def list_input_items(gw: "Gateway", request: Request) -> Response:
 ROUTES = [
     Route("POST", "/v1/responses", "chat", create, request=ResponsesRequest,
           response={"application/json": ResponseObject, "text/event-stream": None}),  # `stream: true`: events
-    Route("GET", "/v1/responses/{response_id}", "chat", retrieve, response=ResponseObject),
+    Route("GET", "/v1/responses/{response_id}", "chat", retrieve,
+          response={"application/json": ResponseObject, "text/event-stream": None}),  # `stream=true`: events
     ("DELETE", "/v1/responses/{response_id}", "chat", delete),
     ("GET", "/v1/responses/{response_id}/input_items", "chat", list_input_items),
     ("POST", "/v1/responses/{response_id}/cancel", "chat", cancel),

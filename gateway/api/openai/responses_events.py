@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from backends.base import Delta
-from gateway.api.chat import usage_of
+from gateway.api.chat import chain, usage_of
 from gateway.http.errors import classify
 from schemas.responses import (
     FunctionCallItem,
@@ -29,6 +29,7 @@ from schemas.responses import (
 )
 
 Event = dict[str, Any]
+Keep = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def _id(prefix: str) -> str:
@@ -177,3 +178,24 @@ class ResponseTurn:
         self.finished = True
         events.append(self.event("response.incomplete" if incomplete else "response.completed", response=self.dump()))
         return events
+
+
+async def generate(turn: ResponseTurn, first: Delta | None, deltas: AsyncIterator[Delta], keep: Keep
+                   ) -> AsyncIterator[Event]:
+    """The events of one turn after its start, from the engine's deltas to exactly one terminal event:
+    the one generation loop of a foreground stream and of a background job (gateway/api/openai/background.py).
+    `keep` stores the finished response before its terminal event goes out, so a client that reads the
+    terminal event may retrieve the response at once. A cancellation (the client left, or the job was
+    cancelled) propagates, which closes the engine's stream and stops its decoding."""
+    try:
+        async for delta in chain(first, deltas):
+            batch = turn.feed(delta)
+            if turn.finished:
+                await keep(turn.dump())
+            for event in batch:
+                yield event
+    except Exception as exc:  # noqa: BLE001 - reported in-band: the answer has begun
+        yield turn.fail(exc)
+        return
+    if not turn.finished:  # the engine ended without a finish reason: never leave the stream open
+        yield turn.fail(RuntimeError("generation ended without a finish reason"))

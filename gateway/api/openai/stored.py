@@ -69,13 +69,6 @@ async def point_items(store: Store, who: str, items: list[dict[str, Any]], holde
         await store.put(who, ITEM, item["id"], holder)
 
 
-async def save_response(store: Store, who: str, response: dict[str, Any], input_items: list[dict[str, Any]],
-                        new_items: list[dict[str, Any]]) -> None:
-    """The response with everything it saw, and where its new items (input and output) are."""
-    await store.put(who, RESPONSE, response["id"], {"response": response, "input_items": input_items})
-    await point_items(store, who, [*new_items, *response["output"]], {"response": response["id"]})
-
-
 async def referenced(store: Store, who: str, where: str, item_id: str | None) -> dict[str, Any]:
     """The stored item an `item_reference` at `where` (`input[2]`) names: a 400 naming it when unknown."""
     if not item_id:
