@@ -178,8 +178,10 @@ def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bo
     try:
         restored = prompt_cache.restore_state(ctx, seq, entry)
     except (OSError, ValueError) as exc:  # a state read from disk (backends/prompt_cache_disk.py) is damaged
-        log.warning("prompt cache: a %d-token state on disk is unusable (%s); prefilling instead", len(entry.tokens),
-                    exc, extra={"event": "prompt_cache_skipped", "tokens": len(entry.tokens), "reason": str(exc)})
+        file = str(getattr(entry.stored, "path", ""))
+        log.warning("prompt cache: the %d-token state in %s is unusable (%s); prefilling instead", len(entry.tokens),
+                    file, exc, extra={"event": "prompt_cache_skipped", "tokens": len(entry.tokens), "file": file,
+                                      "reason": str(exc)})
         cache.discard(entry)
         clear(ctx, seq)
         return False
