@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,8 @@ import pytest
 from backends import prompt_cache_disk as disk
 from backends.base import SamplingParams
 from backends.prompt_cache import PromptCache
-from schemas.manifest import ModelSpec
-from tests.conftest import corrupt_in_place
+from schemas.manifest import ModelSpec, ServerSettings
+from tests.conftest import ROOT, corrupt_in_place, write_manifest
 
 FINGERPRINT = {"model": "/m.gguf", "model_bytes": 10, "model_mtime_ns": 1, "llama_cpp": "0.3.36", "nctx": 2048}
 
@@ -91,6 +93,20 @@ def test_damaged_and_foreign_entries_are_skipped_with_a_reason(tmp_path, caplog)
     assert "model_mtime_ns" in caplog.records[-1].reason
     (tmp_path / disk.INDEX).write_text("{not json")
     assert store.load(PromptCache(10**6)) == 0  # a warning, not an exception
+
+
+def test_the_folder_is_an_absolute_server_setting_and_check_shows_each_model_s(tmp_path):
+    assert ServerSettings().prompt_cache_dir is None  # unset: off
+    with pytest.raises(ValueError, match="absolute"):
+        ServerSettings(prompt_cache_dir="relative/cache")
+    manifest = write_manifest(tmp_path / "nexa.yaml", [
+        {"name": "kept", "source": "/nowhere/m.gguf", "prompt_cache": "64MiB"},
+        {"name": "off", "source": "/nowhere/m.gguf", "prompt_cache": 0}], {"prompt_cache_dir": str(tmp_path)})
+    shown = subprocess.run([sys.executable, "-m", "gateway.cli", "check", "-c", str(manifest)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"kept: prompt_cache 64.0MiB, kept across restarts in {disk.model_dir(tmp_path, 'kept')}" in shown.stdout
+    assert "off: prompt_cache off\n" in shown.stdout
 
 
 # -- a real engine ---------------------------------------------------------------------------------
