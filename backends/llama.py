@@ -77,7 +77,14 @@ class LlamaBackend(Backend):
         """The model's PromptCache (shared by its replicas), for /metrics and /v1/models; None if none."""
         return self.cache
 
+    def persist_prompt_cache(self, directory: str) -> None:
+        """`server.prompt_cache_dir`: the gateway calls this after `load`, in the loading thread."""
+        llama_cache.persist(self.cache, self.spec, self.path, directory)
+
     def close(self) -> None:
+        llm = self.llm
+        if llm is not None and llm.n_tokens:
+            llama_cache.save_for_restart(llm.ctx, 0, llm.input_ids[: llm.n_tokens].copy(), self._held_prompt, self.cache)
         key, cache, self._cache_key, self.cache = self._cache_key, self.cache, None, None
         llama_cache.close_cache((key, cache) if key is not None else None)
         llm, self.llm = self.llm, None

@@ -144,6 +144,8 @@ class BatchEngine:
                 with self._wake:  # every active request left; wait briefly for news instead of spinning
                     if not self._pending and not self._closing:
                         self._wake.wait(0.05)
+        for slot in self.slots:  # with `server.prompt_cache_dir`, what the slots hold survives a restart
+            llama_cache.save_for_restart(self.ctx.ctx, slot.seq, slot.tokens, slot.prompt_len, self.cache)
         self._fail_all(BackendError("the model is unloading"))
         with self._wake:
             pending, self._pending = self._pending, []

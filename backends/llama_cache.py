@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import llama_private as private
-from backends import prompt_cache
+from backends import prompt_cache, prompt_cache_disk
 from backends.prompt_cache import PromptCache, common_prefix
 from schemas.manifest import ModelSpec, ModelType
 
@@ -63,9 +63,41 @@ def open_cache(spec: ModelSpec, path: Path, llm: Any) -> tuple[tuple, PromptCach
 
 
 def close_cache(opened: tuple[tuple, PromptCache] | None) -> None:
-    """Let go of a model's cache (`open_cache`'s result); the last replica's release frees it."""
+    """Let go of a model's cache (`open_cache`'s result); the last replica's release frees it (and writes
+    it to disk first, with `server.prompt_cache_dir`)."""
     if opened is not None:
         prompt_cache.release(opened[0])
+
+
+def persist(cache: PromptCache | None, spec: ModelSpec, path: Path, directory: str) -> None:
+    """Keep the model's cache in `directory` across restarts (backends/prompt_cache_disk.py): the first
+    replica to get here reads what the last run saved; the last release writes it back."""
+    if cache is None or not cache.enabled:
+        return
+    store = prompt_cache_disk.Store(prompt_cache_disk.model_dir(directory, spec.name), spec.name,
+                                    fingerprint(spec, path, cache))
+    if cache.attach_store(store):
+        store.load(cache)
+
+
+def fingerprint(spec: ModelSpec, path: Path, cache: PromptCache) -> dict[str, Any]:
+    """What a saved state depends on, compared field by field when it is read back: the model file (its
+    size and mtime, its digest when the manifest gives one), llama.cpp's build, and the context settings
+    (`cache_key`'s, and the offload, which may change how the KV cache is laid out)."""
+    import llama_cpp
+
+    stat = path.stat()
+    return {"model": str(path), "model_bytes": stat.st_size, "model_mtime_ns": stat.st_mtime_ns,
+            "sha256": spec.sha256, "llama_cpp": llama_cpp.__version__, "nctx": spec.nctx, "parallel": spec.parallel,
+            "options": repr(sorted(spec.options.items())), "device": spec.device.value,
+            "n_gpu_layers": spec.n_gpu_layers, "n_swa": cache.n_swa, "swa_window_only": cache.swa_window_only}
+
+
+def save_for_restart(ctx: Any, seq: int, tokens: Any, boundary: int, cache: PromptCache | None) -> None:
+    """An engine about to close saves what sequence `seq` holds when its cache goes to disk: the conversation
+    it served last is otherwise only in the context, and would be prefilled again after the restart."""
+    if cache is not None and cache.store is not None and len(tokens):
+        save(ctx, seq, tokens, 0, boundary, cache)
 
 
 def reused(held: int, prompt: int, exact_live: bool) -> int:
@@ -143,9 +175,21 @@ def restore(ctx: Any, seq: int, entry: Any, keep: int, cache: PromptCache) -> bo
     """Restore `entry` into `seq` to continue after its first `keep` tokens. A sliding-window model needs the
     window's cells before position `keep`: if the state lacks them (llama.cpp's own server applies this
     rule), the sequence is cleared and the entry marked, and the prompt is prefilled."""
-    if not prompt_cache.restore_state(ctx, seq, entry):
+    try:
+        restored = prompt_cache.restore_state(ctx, seq, entry)
+    except (OSError, ValueError) as exc:  # a state read from disk (backends/prompt_cache_disk.py) is damaged
+        file = str(getattr(entry.stored, "path", ""))
+        log.warning("prompt cache: the %d-token state in %s is unusable (%s); prefilling instead", len(entry.tokens),
+                    file, exc, extra={"event": "prompt_cache_skipped", "tokens": len(entry.tokens), "file": file,
+                                      "reason": str(exc)})
+        cache.discard(entry)
+        clear(ctx, seq)
+        return False
+    if not restored:
         log.warning("prompt cache: llama.cpp refused a %d-token state; prefilling instead", len(entry.tokens),
                     extra={"event": "prompt_cache_refused", "tokens": len(entry.tokens)})
+        if entry.stored is not None:  # from disk: it would be refused again
+            cache.discard(entry)
         return False
     if cache.n_swa:
         entry.pos_min = pos_min(ctx, seq)

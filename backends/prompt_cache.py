@@ -67,6 +67,7 @@ class Entry:
     size: int
     used: float = field(default_factory=time.monotonic)
     pos_min: int | None = None  # sliding-window models: the first position its state holds (known once restored)
+    stored: Any = None  # read from disk (backends/prompt_cache_disk.py): `data` is None until its first restore
 
 
 class PromptCache:
@@ -82,6 +83,7 @@ class PromptCache:
         self.swa_window_only = False  # its sliding-window cells are only the window's (`swa_full: false`)
         self.prefill_s_per_token = PREFILL_S_PER_TOKEN
         self.restore_s_per_byte = RESTORE_S_PER_BYTE
+        self.store: Any = None  # a prompt_cache_disk.Store when `server.prompt_cache_dir` keeps it across restarts
 
     @property
     def enabled(self) -> bool:
@@ -130,9 +132,11 @@ class PromptCache:
 
     # -- contents --------------------------------------------------------------------------
 
-    def put(self, tokens: Any, data: Any, size: int, pos_min: int | None = None) -> bool:
+    def put(self, tokens: Any, data: Any, size: int, pos_min: int | None = None, stored: Any = None,
+            counted: bool = True) -> bool:
         """Keep a saved state; entries it extends are dropped when it serves every prompt they did (a
-        sliding-window state whose first position `pos_min` is past an entry's window does not)."""
+        sliding-window state whose first position `pos_min` is past an entry's window does not). An entry read
+        from disk comes with `stored` instead of `data`, and is not `counted` as a save."""
         tokens = np.array(tokens, dtype=np.int32)
         if not self.enabled or size > self.capacity:
             return False
@@ -145,15 +149,34 @@ class PromptCache:
             while self._entries and self._bytes + size > self.capacity:
                 self._drop(next(iter(self._entries)))
                 self.stats.evictions += 1
-            entry = Entry(tokens, data, size, pos_min=pos_min)
+            entry = Entry(tokens, data, size, pos_min=pos_min, stored=stored)
             self._entries[id(entry)] = entry
             self._bytes += size
-            self.stats.saves += 1
+            self.stats.saves += counted
         return True
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self._bytes -= entry.size
+
+    def attach_store(self, store: Any) -> bool:
+        """Give the cache its disk store; False if a replica already did (it reads the folder once)."""
+        with self._lock:
+            if self.store is not None:
+                return False
+            self.store = store
+            return True
+
+    def discard(self, entry: Entry) -> None:
+        """Forget an entry whose state could not be restored (a damaged file on disk)."""
+        with self._lock:
+            if id(entry) in self._entries:
+                self._drop(id(entry))
+
+    def entries(self) -> list[Entry]:
+        """The entries, least recently used first (what the disk store writes)."""
+        with self._lock:
+            return list(self._entries.values())
 
     def clear(self) -> None:
         with self._lock:
@@ -192,19 +215,26 @@ def save_state(ctx: Any, seq: int) -> tuple[Any, int]:
     import llama_cpp
 
     size = llama_cpp.llama_state_seq_get_size(ctx, seq)
-    # Its own anonymous mapping, unmapped when the entry is dropped: malloc would keep freed states of
-    # these sizes in its heap, and the process's RSS would not come back down to the bound.
-    buffer = (ctypes.c_uint8 * size).from_buffer(mmap.mmap(-1, max(size, 1)))
+    buffer = state_buffer(size)
     written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq)
     if written != size:
         raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
     return buffer, size
 
 
+def state_buffer(size: int) -> Any:
+    """A state's buffer: its own anonymous mapping, unmapped when the entry is dropped. malloc would keep
+    freed states of these sizes in its heap, and the process's RSS would not come back down to the bound."""
+    return (ctypes.c_uint8 * size).from_buffer(mmap.mmap(-1, max(size, 1)))
+
+
 def restore_state(ctx: Any, seq: int, entry: Entry) -> bool:
     """Put `entry`'s KV state into sequence `seq` (cleared first). False if llama.cpp refused it
-    (the sequence is then empty)."""
+    (the sequence is then empty). An entry read from disk has its state read first (its errors raise)."""
     import llama_cpp
+
+    if entry.data is None:
+        entry.data = entry.stored.read()
 
     memory = llama_cpp.llama_get_memory(ctx)
     llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
@@ -232,15 +262,18 @@ def acquire(key: tuple, capacity: int) -> PromptCache:
 
 
 def release(key: tuple) -> None:
+    """The last replica's release frees the cache, after writing it to disk if it has a store."""
     with _shared_lock:
         cache, users = _shared.get(key, (None, 0))
         if cache is None:
             return
-        if users <= 1:
-            del _shared[key]
-            cache.clear()
-        else:
+        if users > 1:
             _shared[key] = (cache, users - 1)
+            return
+        del _shared[key]
+    if cache.store is not None:  # outside the lock: a write takes seconds, other models' loads go on
+        cache.store.save(cache)
+    cache.clear()
 
 
 def kv_bytes_per_token(metadata: dict[str, str], n_layer: int, n_head_kv: int, type_k: int | None = None,

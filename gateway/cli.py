@@ -252,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if spec.type.value == "NLP" and spec.format.value == "gguf":
                     bound = "auto (nctx x the model's KV bytes per token)" if spec.prompt_cache is None else (
                         "off" if not spec.prompt_cache else spec.prompt_cache.human_readable())
+                    kept = manifest.server.prompt_cache_dir
+                    if kept and spec.prompt_cache != 0:
+                        from backends.prompt_cache_disk import model_dir
+
+                        bound += f", kept across restarts in {model_dir(kept, spec.name)}"
                     print(f"  {spec.name}: prompt_cache {bound}")
             return verify_all(manifest) if args.verify else 0
         setup_logging(manifest.server.log_level, manifest.server.log_format)

@@ -122,10 +122,14 @@ class ServerSettings(BaseSettings):
                                                              "long after its last write")
     state_max_bytes: ByteSize = Field(256 * 1024 * 1024, gt=0, description="bytes of stored JSON in all (responses, "
                                                                            "their items, conversations); oldest go first")
+    # GGUF text models' prompt caches (per-model `prompt_cache`) written here when a model unloads (eviction,
+    # a reload that replaces it, shutdown) and read back when it loads: agents' next turns stay warm across restarts.
+    prompt_cache_dir: str | None = Field(None, description="keep the prompt caches across restarts in this folder "
+                                                          "(one subfolder per model); unset: in memory only")
     # OpenTelemetry: one span per request over OTLP/HTTP (gateway/observability/tracing.py); off by default.
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
-    @field_validator("image_input_dirs", "image_output_dir")
+    @field_validator("image_input_dirs", "image_output_dir", "prompt_cache_dir")
     @classmethod
     def _absolute_dirs(cls, value: Any) -> Any:
         for item in value if isinstance(value, list) else [value] if value else []:

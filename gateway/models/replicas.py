@@ -116,6 +116,9 @@ class ReplicaThreads:
             self.size_bytes = size_on_disk(path) + int(spec.prompt_cache or 0)
             backend = worker.load(spec, path)  # in a worker process if its class asks for one
             self.backends.append(backend)
+            persist = getattr(backend, "persist_prompt_cache", None)
+            if getattr(settings, "prompt_cache_dir", None) and callable(persist):
+                persist(settings.prompt_cache_dir)  # reads what the last run saved (backends/prompt_cache_disk.py)
             if spec.prompt_cache is None and index == 0:  # the default bound is known now (the model's KV size)
                 self.size_bytes += sum(cache.capacity for cache in engine_caches([backend]))
         except BaseException as exc:  # noqa: BLE001 - every load failure becomes a model state
