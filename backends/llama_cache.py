@@ -27,8 +27,12 @@ SWA_SLACK = 16  # tokens a sliding-window model's entry stops short of its promp
 
 
 def cache_key(spec: ModelSpec, path: Path) -> tuple:
-    """What a saved state depends on: the model file and the context settings (replicas share a cache)."""
-    return (spec.name, str(path), spec.nctx, spec.parallel, repr(sorted(spec.options.items())))
+    """What a saved state depends on: the model file (its size and mtime too: a file replaced at the same path
+    must not inherit the old one's states through a reload's handover) and the context settings and offload
+    (replicas share a cache)."""
+    stat = path.stat()
+    return (spec.name, str(path), stat.st_size, stat.st_mtime_ns, spec.nctx, spec.parallel,
+            repr(sorted(spec.options.items())), spec.device.value, spec.n_gpu_layers)
 
 
 def capacity(spec: ModelSpec, llm: Any) -> int:

@@ -94,6 +94,23 @@ def test_kv_bytes_per_token_from_gguf_metadata():
     assert prompt_cache.kv_bytes_per_token(llama, n_layer=30, n_head_kv=3, type_k=8, type_v=8) == int(30 * 3 * 128 * 34 / 32)
 
 
+def test_a_model_file_replaced_at_the_same_path_gets_a_cache_of_its_own(tmp_path):
+    """A reload hands a model's cache over by its key: a file replaced in place (a new download, the same
+    name) must not inherit states computed by the old weights."""
+    import os
+
+    from backends.llama_cache import cache_key
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"old weights")
+    spec = ModelSpec(name="m", source=str(path))
+    before = cache_key(spec, path)
+    assert cache_key(spec, path) == before  # the same file: the same cache
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    assert cache_key(spec, path) != before
+    path.write_bytes(b"new weights, longer")
+    assert cache_key(spec, path) != before
+
 def test_the_manifest_key_takes_sizes_and_refuses_engines_without_token_prompts():
     assert ModelSpec(name="m", source="x.gguf", prompt_cache="512MiB").prompt_cache == 512 * 2**20
     assert ModelSpec(name="m", source="x.gguf", prompt_cache=0).prompt_cache == 0
