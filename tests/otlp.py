@@ -31,6 +31,7 @@ class Span:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     status_code: int
+    links: list[tuple[str, str]]  # (trace_id, span_id) of each linked span
 
 
 def _value(any_value: Any) -> Any:
@@ -93,7 +94,8 @@ class Receiver:
                 for s in scope_spans.spans:
                     spans.append(Span(s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.kind,
                                       s.start_time_unix_nano, s.end_time_unix_nano, _attributes(s.attributes),
-                                      resource, s.status.code))
+                                      resource, s.status.code,
+                                      [(link.trace_id.hex(), link.span_id.hex()) for link in s.links]))
         with self._lock:
             self.requests += 1
             self.raw.append(body)

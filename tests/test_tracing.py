@@ -234,3 +234,105 @@ def test_a_request_the_client_leaves_before_its_answer_exports_its_span_as_aband
         assert root.end_ns >= left - 200_000_000  # ended when the gateway saw the client go, not at 40 s
         assert root.end_ns - root.start_ns < 10e9
         assert generation_line(server, "left-waiting")["finish_reason"] == "abandoned"
+
+
+# -- background responses: a span of their own, and their metrics -------------------------------------------
+
+BACKGROUND = {"model": "slow", "input": "p", "background": True}
+
+
+def create_background(server, trace_id: str, parent_id: str, **body) -> str:
+    created = httpx.post(server.url + "/v1/responses", json={**BACKGROUND, **body}, timeout=30,
+                         headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    assert created.status_code == 200, created.text
+    return created.json()["id"]
+
+
+def settled(server, response_id: str, timeout: float = 30) -> dict:
+    def done():
+        response = httpx.get(f"{server.url}/v1/responses/{response_id}", timeout=10).json()
+        return response if response["status"] in ("completed", "incomplete", "failed", "cancelled") else None
+    return wait_for(done, timeout=timeout)
+
+
+def job_span(receiver: Receiver, response_id: str):
+    """The span of the background job that generated that response, and its children."""
+    root = wait_for(lambda: next((s for s in receiver.spans
+                                  if s.attributes.get("gen_ai.response.id") == response_id), None), timeout=30)
+    time.sleep(0.3)
+    return root, [s for s in receiver.spans if s.parent_span_id == root.span_id]
+
+
+def metric(server, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when it is not there yet)."""
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_background_response_gets_a_span_of_its_own_linked_to_its_request(tmp_path, start_server):
+    with Receiver() as receiver:
+        server = traced_server(start_server, tmp_path, receiver, "granian")
+        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+        response_id = create_background(server, trace_id, parent_id, max_output_tokens=20)
+        done = settled(server, response_id)
+        assert done["status"] == "incomplete"  # the fake engine stops at max_output_tokens: finish reason length
+        root, children = job_span(receiver, response_id)
+        creator, _ = one_trace(receiver, trace_id)  # the create request's own (server) span
+        assert root is not creator and creator.end_ns <= root.end_ns
+        # in the caller's trace, beside the request that created it, and linked to that request's span
+        assert root.trace_id == trace_id and root.parent_span_id == parent_id
+        assert root.links == [(creator.trace_id, creator.span_id)]
+        a = root.attributes
+        assert root.name == "chat slow" and a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "slow"
+        assert a["gen_ai.usage.output_tokens"] == done["usage"]["output_tokens"] == 20
+        assert a["gen_ai.usage.input_tokens"] == done["usage"]["input_tokens"]
+        assert a["gen_ai.response.finish_reasons"] == ["length"] and a["nexa.response.status"] == "incomplete"
+        assert a["nexa.request.id"] == creator.attributes["nexa.request.id"]
+        assert "error.type" not in a and root.status_code != 2 and "http.response.status_code" not in a
+        assert 0 < a["gen_ai.latency.time_to_first_token"] <= a["gen_ai.latency.e2e"]
+        by_name = {s.name: s for s in children}
+        assert {"queue wait", "prefill", "decode"} <= set(by_name), sorted(by_name)
+        for child in children:
+            assert root.start_ns <= child.start_ns <= child.end_ns <= root.end_ns
+        assert by_name["decode"].end_ns - by_name["decode"].start_ns >= 0.1e9  # 19 words of 10 ms after the first
+
+        # a failure the engine finds mid-generation: the span names it, and is the server's error
+        response_id = create_background(server, secrets.token_hex(16), parent_id, model="broken", max_output_tokens=50)
+        assert settled(server, response_id)["status"] == "failed"
+        a = (failed := job_span(receiver, response_id)[0]).attributes
+        assert a["error.type"] == "BackendError" and a["nexa.response.status"] == "failed" and failed.status_code == 2
+
+
+def test_a_cancelled_background_response_says_so_and_the_metrics_count_the_jobs(tmp_path, start_server):
+    with Receiver() as receiver:
+        server = traced_server(start_server, tmp_path, receiver, "granian")
+        assert metric(server, "nexa_background_responses_running", model="slow") == 0
+        response_id = create_background(server, secrets.token_hex(16), secrets.token_hex(8), max_output_tokens=4000)
+        wait_for(lambda: httpx.get(f"{server.url}/v1/responses/{response_id}", timeout=10).json()["status"]
+                 == "in_progress")
+        time.sleep(0.3)  # some 30 words in
+        assert metric(server, "nexa_background_responses_running", model="slow") == 1
+        cancelled = httpx.post(f"{server.url}/v1/responses/{response_id}/cancel", timeout=30)
+        assert cancelled.json()["status"] == "cancelled"
+        root, children = job_span(receiver, response_id)
+        a = root.attributes
+        # what a stream its client left says, but error.type says a cancel, not a client gone
+        assert a["gen_ai.response.finish_reasons"] == ["abandoned"] and a["error.type"] == "cancelled", a
+        assert 5 <= a["nexa.response.streamed_deltas"] < 2000 and a["nexa.response.status"] == "cancelled"
+        assert root.status_code != 2  # a cancel is not the server's error
+        assert "decode" in {c.name for c in children}
+        assert metric(server, "nexa_background_responses_running", model="slow") == 0
+        assert metric(server, "nexa_background_responses_total", model="slow", outcome="cancelled") == 1
+
+        finished = create_background(server, secrets.token_hex(16), secrets.token_hex(8), max_output_tokens=5)
+        assert settled(server, finished)["status"] == "incomplete"
+        wait_for(lambda: metric(server, "nexa_background_responses_total", model="slow", outcome="incomplete") == 1)
+        broken = create_background(server, secrets.token_hex(16), secrets.token_hex(8), model="broken")
+        assert settled(server, broken)["status"] == "failed"
+        wait_for(lambda: metric(server, "nexa_background_responses_total", model="broken", outcome="failed") == 1)
+        assert metric(server, "nexa_background_responses_total", model="slow", outcome="cancelled") == 1
+        assert metric(server, "nexa_background_responses_running", model="slow") == 0
+        assert metric(server, "nexa_background_responses_running", model="broken") == 0
