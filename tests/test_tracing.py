@@ -164,9 +164,9 @@ SLOW = {"name": "slow", "source": "/dev/null", "backend": "tests.fakes:FakeBacke
 LONG = {"model": "slow", "messages": [{"role": "user", "content": "p"}], "max_tokens": 4000}
 
 
-def traced_server(start_server, tmp_path, receiver: Receiver, engine: str):
+def traced_server(start_server, tmp_path, receiver: Receiver, engine: str, **server):
     broken = {**SLOW, "name": "broken", "options": {"fail_after": 3}}  # an engine error after 3 words
-    manifest = write_manifest(tmp_path / f"{engine}.yaml", [SLOW, broken])
+    manifest = write_manifest(tmp_path / f"{engine}.yaml", [SLOW, broken], server=server)
     return start_server(["-c", str(manifest), "--server", engine],
                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, **FAST_EXPORT})
 
@@ -336,3 +336,17 @@ def test_a_cancelled_background_response_says_so_and_the_metrics_count_the_jobs(
         assert metric(server, "nexa_background_responses_total", model="slow", outcome="cancelled") == 1
         assert metric(server, "nexa_background_responses_running", model="slow") == 0
         assert metric(server, "nexa_background_responses_running", model="broken") == 0
+
+
+def test_a_background_response_a_shutdown_stops_says_so(tmp_path, start_server):
+    with Receiver() as receiver:
+        # a grace of 2 s: the job (40 s) gets 1 s to finish, then is stopped
+        server = traced_server(start_server, tmp_path, receiver, "granian", shutdown_grace_s=2)
+        response_id = create_background(server, secrets.token_hex(16), secrets.token_hex(8), max_output_tokens=4000)
+        wait_for(lambda: httpx.get(f"{server.url}/v1/responses/{response_id}", timeout=10).json()["status"]
+                 == "in_progress")
+        assert server.stop() == 0  # a clean shutdown exports the job's span after stopping it
+        root, _ = job_span(receiver, response_id)
+        a = root.attributes
+        assert a["error.type"] == "shutdown" and a["nexa.response.status"] == "failed" and root.status_code == 2, a
+        assert a["gen_ai.response.finish_reasons"] == ["abandoned"]
