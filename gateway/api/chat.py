@@ -89,7 +89,8 @@ async def _observed(handle: ModelHandle, request: Request, deltas: AsyncIterator
                 metrics.TTFT.labels(handle.name).observe(ttft)
                 if trace is not None:
                     trace.first_token()
-                    trace.deferred = bool(request.state.get("stream"))  # the span ends with the stream
+                    # the span ends with the stream (a background job's: with the job)
+                    trace.deferred = bool(request.state.get("stream")) and not trace.detached
             if delta.usage:
                 metrics.TOKENS.labels(handle.name).inc(delta.usage.completion_tokens)
                 metrics.PROMPT_TOKENS.labels(handle.name).inc(delta.usage.prompt_tokens)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.observability.model_server import RequestMetrics
 
@@ -31,6 +31,11 @@ SPEECH_SECONDS = Counter("nexa_speech_audio_seconds_total", "Seconds of speech s
 # The model-server protocol's per-request metrics (vLLM's names, label model_name); its gauges are
 # read from the pool at scrape time (gateway/models/protocol_gauges.py).
 MODEL_SERVER = RequestMetrics(REGISTRY)
+BACKGROUND_RUNNING = Gauge("nexa_background_responses_running", "Background responses (queued or in progress) "
+                           "this process runs", ["model"], registry=REGISTRY)
+BACKGROUND_FINISHED = Counter("nexa_background_responses_total", "Background responses this process ran, by "
+                              "outcome (completed, incomplete, failed, cancelled)", ["model", "outcome"],
+                              registry=REGISTRY)
 RELOADS = Counter("nexa_manifest_reloads_total", "Manifest reloads by outcome", ["outcome"], registry=REGISTRY)
 
 

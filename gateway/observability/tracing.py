@@ -86,7 +86,9 @@ class Tracing:
         span = self.tracer.start_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER,
                                       attributes={"http.request.method": method, "url.path": path,
                                                   "nexa.request.id": request_id})
-        return RequestTrace(self, span, path)
+        trace = RequestTrace(self, span, path)
+        trace.parent, trace.request_id = parent, request_id
+        return trace
 
     def shutdown(self) -> None:
         """Export what is still buffered, then stop the exporter thread."""
@@ -135,7 +137,11 @@ class RequestTrace:
         self._wall_offset = time.time_ns() - int(self.timeline.started * 1e9)  # monotonic -> epoch ns
         self.operation = OPERATIONS.get(path)
         self.deferred = False  # a stream: ended by the chat core when the last token went out
+        self.detached = False  # a background job's span: the job ends it with its outcome (`end_job`)
         self.ended = False
+        self.path = path
+        self.parent: Any = None  # the caller's context (its traceparent), which a background job's span continues
+        self.request_id = ""
         if self.operation:
             span.set_attribute("gen_ai.operation.name", self.operation)
 
@@ -182,6 +188,33 @@ class RequestTrace:
         self.span.set_attribute("gen_ai.response.finish_reasons", ["abandoned"])
         self.span.set_attribute("nexa.response.streamed_deltas", deltas)
         self.span.set_attribute("error.type", error)
+
+    def detach(self, response_id: str) -> "RequestTrace":
+        """The span of the background job this request starts (`background: true`). The request's own span
+        ends when its answer goes out, long before the job does, so the job's span is not its child: it
+        continues the same caller's trace beside it (sampled as it was) and links to it, as a later request
+        of that caller would."""
+        from opentelemetry.trace import Link, SpanKind
+
+        span = self.tracing.tracer.start_span(
+            f"background {self.path}", context=self.parent, kind=SpanKind.INTERNAL,
+            links=[Link(self.span.get_span_context())],
+            attributes={"gen_ai.response.id": response_id, "nexa.request.id": self.request_id})
+        job = RequestTrace(self.tracing, span, self.path)
+        job.detached, job.parent, job.request_id = True, self.parent, self.request_id
+        return job
+
+    def end_job(self, status: str, error: str | None) -> None:
+        """End a background job's span with how its response ended (`nexa.response.status`). A failed job
+        is the server's error; a cancelled one is not (as a client leaving is not), and its `error.type`
+        (`cancelled`, `shutdown`) replaces the `client_disconnected` the chat core noted when the
+        cancellation closed its generation."""
+        self.span.set_attribute("nexa.response.status", status)
+        if status == "failed":
+            from opentelemetry.trace import Status, StatusCode
+
+            self.span.set_status(Status(StatusCode.ERROR, error))
+        self.end(error=error)
 
     def content(self, messages: Any = None, output: Any = None) -> None:
         """Prompt and completion text: only when the manifest opted in."""

@@ -29,10 +29,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 from gateway.api.openai import stored
 from gateway.api.openai.responses_events import Event, ResponseTurn, generate
 from gateway.http.core import HTTPError
+from gateway.observability import metrics
+from gateway.observability.tracing import TIMELINE
 from gateway.state.base import Store
 
 if TYPE_CHECKING:
     from backends.base import Delta
+    from gateway.observability.tracing import RequestTrace
 
 log = logging.getLogger("nexa.responses.background")
 
@@ -51,9 +54,10 @@ Remember = Callable[[dict[str, Any]], Awaitable[None]]  # what keeping a respons
 class Job:
     """One running background response: its turn, its events so far and who is waiting for more."""
 
-    def __init__(self, store: Store, who: str, turn: ResponseTurn):
-        self.store, self.who, self.turn = store, who, turn
-        self.id = turn.response.id
+    def __init__(self, store: Store, who: str, turn: ResponseTurn, trace: "RequestTrace | None" = None):
+        self.store, self.who, self.turn, self.trace = store, who, turn, trace
+        self.id, self.model = turn.response.id, turn.response.model
+        self.error: str | None = None  # its span's error.type, when the job itself saw why it ended
         self.events: list[Event] = []
         self.first = 0  # the sequence number of events[0] (the oldest are dropped past EVENTS_MAX)
         self.done = False
@@ -106,22 +110,27 @@ def meta(**more: Any) -> dict[str, Any]:
 
 
 async def start(store: Store, who: str, turn: ResponseTurn, opener: Opener, remember: Remember,
-                input_items: list[dict[str, Any]]) -> Job:
-    """Store the response `queued` and start its job; the caller answers with the response (or follows it)."""
-    job = Job(store, who, turn)
+                input_items: list[dict[str, Any]], trace: "RequestTrace | None" = None) -> Job:
+    """Store the response `queued` and start its job; the caller answers with the response (or follows it).
+    `trace`: the job's own span (RequestTrace.detach), which `_end` ends with its outcome."""
+    job = Job(store, who, turn, trace)
     turn.response.status = "queued"
     job.publish(turn.event("response.created", response=turn.dump()))
     job.publish(turn.event("response.queued", response=turn.dump()))
     # The job (and its task, which waits for its record) exists before its record does: a reader never
     # finds a record of this process without its job.
     JOBS[job.id] = job
+    metrics.BACKGROUND_RUNNING.labels(job.model).inc()
     job.task = asyncio.create_task(_run(job, opener, remember), name=f"background {job.id}")
     try:
         await store.put(who, stored.RESPONSE, job.id,
                         {"response": turn.dump(), "input_items": input_items, "background": meta()})
-    except BaseException:
+    except BaseException as exc:
         job.task.cancel()
-        JOBS.pop(job.id, None)
+        if JOBS.pop(job.id, None) is not None:
+            metrics.BACKGROUND_RUNNING.labels(job.model).dec()
+        if trace is not None:  # no response was kept: no outcome to count, but its span ends
+            trace.end(error=type(exc).__name__)
         raise
     job.stored.set()
     return job
@@ -129,6 +138,9 @@ async def start(store: Store, who: str, turn: ResponseTurn, opener: Opener, reme
 
 async def _run(job: Job, opener: Opener, remember: Remember) -> None:
     turn = job.turn
+    # The task was created inside the create request, with its timeline: the model notes this job's phases
+    # on the job's own (or, untraced, nowhere).
+    TIMELINE.set(job.trace.timeline if job.trace is not None else None)
     await job.stored.wait()
     beat = asyncio.create_task(_heartbeat(job))
 
@@ -146,6 +158,7 @@ async def _run(job: Job, opener: Opener, remember: Remember) -> None:
             job.publish(event)
     except asyncio.CancelledError:
         if job.shutdown:
+            job.error = "shutdown"
             job.publish(turn.fail(RuntimeError("the gateway shut down before this background response finished")))
         else:
             turn.response.status = "cancelled"
@@ -158,6 +171,7 @@ async def _run(job: Job, opener: Opener, remember: Remember) -> None:
 
 async def _end(job: Job) -> None:
     """Store the finished response with its events, then let its followers and `cancel` go."""
+    _observe_end(job)
     try:
         await asyncio.shield(_write(job, job.turn.dump(), meta(lease_until=0, events=job.events,
                                                                first_event=job.first)))
@@ -166,7 +180,21 @@ async def _end(job: Job) -> None:
                   extra={"event": "background_store_failed", "response_id": job.id})
     finally:
         job.finish()
-        JOBS.pop(job.id, None)
+        if JOBS.pop(job.id, None) is not None:
+            metrics.BACKGROUND_RUNNING.labels(job.model).dec()
+
+
+def _observe_end(job: Job) -> None:
+    """Count the job's outcome and end its span, when its generation ended (before storing it)."""
+    status = job.turn.response.status
+    metrics.BACKGROUND_FINISHED.labels(job.model, status).inc()
+    if job.trace is None:
+        return
+    failure = job.turn.failure
+    error = job.error or ("cancelled" if status == "cancelled" else None)
+    if error is None and failure is not None:  # HTTP semantic conventions: a status code is its error type
+        error = str(failure.status) if isinstance(failure, HTTPError) else type(failure).__name__
+    job.trace.end_job(status, error)
 
 
 async def _write(job: Job, response: dict[str, Any], background: dict[str, Any]) -> None:

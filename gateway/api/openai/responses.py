@@ -218,9 +218,12 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
         await remember(response)
 
     if body.background:  # the job runs on a copy of the request: this one ends with its answer
+        state = {k: v for k, v in request.state.items() if k != "trace"}
+        if request.state.get("trace") is not None:  # the job's own span, linked to this request's
+            state["trace"] = request.state["trace"].detach(turn.response.id)
         detached = Request(request.method, request.path, headers=dict(request.headers), client=request.client,
-                           state={k: v for k, v in request.state.items() if k != "trace"})
-        job = await background.start(store, who, turn, lambda: opener(detached), remember, items)
+                           state=state)
+        job = await background.start(store, who, turn, lambda: opener(detached), remember, items, state.get("trace"))
         if not body.stream:
             return json_response(turn.dump())
         return StreamResponse((_event(event) async for event in job.follow(-1)), headers=dict(SSE_HEADERS))

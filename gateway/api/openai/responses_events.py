@@ -45,6 +45,7 @@ class ResponseTurn:
         self.finished = False
         self.calls: dict[str, FunctionCallItem] = {}  # calls streamed as generated, by call id
         self.call: FunctionCallItem | None = None  # the one being generated
+        self.failure: BaseException | None = None  # what failed it (`fail`), for a background job's span
 
     def dump(self) -> dict[str, Any]:
         return self.response.model_dump(mode="json")
@@ -102,6 +103,7 @@ class ResponseTurn:
         """The terminal event of a stream whose generation failed after the headers were sent."""
         err = classify(exc, f"generation failed: {exc}")
         code, message = err.code or "server_error", err.message
+        self.failure = exc
         self.response.status = "failed"
         self.response.error = {"code": code, "message": message}
         self.finished = True
