@@ -122,13 +122,14 @@ async def start(store: Store, who: str, turn: ResponseTurn, opener: Opener, reme
     JOBS[job.id] = job
     metrics.BACKGROUND_RUNNING.labels(job.model).inc()
     job.task = asyncio.create_task(_run(job, opener, remember), name=f"background {job.id}")
+    # However the task ends, even cancelled before it ran (a delete during create, a shutdown), the job goes.
+    job.task.add_done_callback(lambda _task: _release(job))
     try:
         await store.put(who, stored.RESPONSE, job.id,
                         {"response": turn.dump(), "input_items": input_items, "background": meta()})
     except BaseException as exc:
         job.task.cancel()
-        if JOBS.pop(job.id, None) is not None:
-            metrics.BACKGROUND_RUNNING.labels(job.model).dec()
+        _release(job)
         if trace is not None:  # no response was kept: no outcome to count, but its span ends
             trace.end(error=type(exc).__name__)
         raise
@@ -179,9 +180,14 @@ async def _end(job: Job) -> None:
         log.error("background response %s: could not store its end: %s", job.id, exc,
                   extra={"event": "background_store_failed", "response_id": job.id})
     finally:
-        job.finish()
-        if JOBS.pop(job.id, None) is not None:
-            metrics.BACKGROUND_RUNNING.labels(job.model).dec()
+        _release(job)
+
+
+def _release(job: Job) -> None:
+    """The job is over: its followers wake, and it leaves JOBS and the running gauge (once)."""
+    job.finish()
+    if JOBS.pop(job.id, None) is not None:
+        metrics.BACKGROUND_RUNNING.labels(job.model).dec()
 
 
 def _observe_end(job: Job) -> None:
