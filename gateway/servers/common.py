@@ -1,16 +1,24 @@
 """What every server adapter needs besides the translation itself: the manifest
-reloader's options, and a busy-port check that fails with one line instead of a
-traceback (or, with Robyn, an interactive prompt)."""
+reloader's options, a busy-port check that fails with one line instead of a
+traceback (or, with Robyn, an interactive prompt), and a worker that ends with
+the supervisor that started it."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
 
 from schemas.manifest import Manifest
+
+log = logging.getLogger("nexa.server")
+
+SUPERVISOR_ENV = "NEXA_SUPERVISOR_PID"  # the pid of the process whose workers serve (set by the adapter)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def reloader_options(manifest: Manifest, manifest_path: str | None,
@@ -63,3 +71,29 @@ def _fail(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
     raise SystemExit(1)
+
+
+def mark_supervisor() -> None:
+    """Called in the supervisor before it starts its workers: they find its pid in their environment."""
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
+
+
+def die_with_supervisor() -> None:
+    """In a worker process: be killed when the supervisor dies, however it dies. A supervisor killed with
+    SIGKILL (the OOM killer, `kill -9`) never stops its worker, which then lives on as an orphan holding the
+    model's memory, the listening socket (the restarted gateway finds its port busy) and any background
+    responses. Linux's PR_SET_PDEATHSIG does this; elsewhere nothing is done. The workers are started by
+    the supervisor's main thread, which lives as long as it does (the signal follows the parent thread)."""
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("could not tie this worker to its supervisor (prctl errno %d)", ctypes.get_errno(),
+                    extra={"event": "worker_orphan_guard"})
+        return
+    if os.getppid() != int(expected):  # the supervisor died before the guard was set: nobody serves with us
+        log.error("the supervisor %s is gone; this worker exits", expected, extra={"event": "worker_orphaned"})
+        os._exit(1)

@@ -19,7 +19,7 @@ from typing import Any
 from gateway.app import CLIENT_CLOSED, Gateway
 from gateway.http.core import Request, Response, StreamResponse
 from gateway.observability.logs import use_json
-from gateway.servers.common import exit_if_port_busy, reloader_options
+from gateway.servers.common import die_with_supervisor, exit_if_port_busy, mark_supervisor, reloader_options
 from schemas.manifest import Manifest
 
 log = logging.getLogger("nexa.gateway.servers.granian")
@@ -134,6 +134,7 @@ def create_app() -> RSGIApp:
     from gateway.manifest.load import build
     from gateway.observability.logs import setup_logging
 
+    die_with_supervisor()
     data = json.loads(os.environ[MANIFEST_ENV])
     manifest = build(data, origin="manifest")
     setup_logging(manifest.server.log_level, manifest.server.log_format)
@@ -168,6 +169,7 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
                                      "stream": "ext://sys.stderr"}},
             "loggers": {"_granian": {"handlers": ["console"], "level": "INFO", "propagate": False}},
         }
+    mark_supervisor()
     os.environ[MANIFEST_ENV] = manifest.model_dump_json()
     os.environ[RELOADER_ENV] = json.dumps(reloader_options(manifest, manifest_path, watch_files))
     if code_reload_paths:
