@@ -55,3 +55,60 @@ def test_a_job_cancelled_before_it_ran_leaves_no_trace_of_itself():
         assert running("unit-model") == 0
 
     asyncio.run(scenario())
+
+
+class EndGate(MemoryStore):
+    """A store whose write of a finished response waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__("memory://", Limits())
+        self.ending, self.release = asyncio.Event(), asyncio.Event()
+
+    async def update(self, owner, kind, key, change):
+        current = await self.get(owner, kind, key)
+        probe = change({**current, "response": dict(current["response"])}) if current else None
+        if probe and probe["response"]["status"] == "completed":
+            self.ending.set()
+            await self.release.wait()
+        return await super().update(owner, kind, key, change)
+
+
+def test_a_cancel_that_comes_while_a_finished_job_stores_its_end_leaves_it_completed():
+    """OpenAI answers a finished response unchanged: a cancel landing during the job's last write (its
+    generation already done) must neither turn it `cancelled` nor count or store its end twice."""
+    from backends.base import Delta, Usage
+
+    async def scenario() -> None:
+        store = EndGate()
+        turn = ResponseTurn(ResponseObject(id="resp_unit_2", created_at=int(time.time()), status="in_progress",
+                                           model="unit-model-2", background=True))
+
+        async def deltas():
+            yield Delta(text="hello")
+            yield Delta(finish_reason="stop", usage=Usage(3, 1))
+
+        class Handle:
+            name = "unit-model-2"
+
+        async def opener():
+            return Handle(), None, deltas()
+
+        async def remember(response) -> None:
+            return None
+
+        job = await background.start(store, "owner", turn, opener, remember, [])
+        await asyncio.wait_for(store.ending.wait(), 5)  # the generation ended; its end is being written
+        cancelling = asyncio.create_task(background.cancel(store, "owner", await store.get(
+            "owner", "response", "resp_unit_2")))
+        await asyncio.sleep(0.05)
+        store.release.set()
+        answered = await asyncio.wait_for(cancelling, 5)
+        await asyncio.wait([job.task], timeout=5)
+        assert answered["status"] == "completed"
+        assert (await store.get("owner", "response", "resp_unit_2"))["response"]["status"] == "completed"
+        finished = metrics.REGISTRY.get_sample_value("nexa_background_responses_total",
+                                                     {"model": "unit-model-2", "outcome": "completed"})
+        assert finished == 1 and metrics.REGISTRY.get_sample_value(
+            "nexa_background_responses_total", {"model": "unit-model-2", "outcome": "cancelled"}) in (None, 0)
+
+    asyncio.run(scenario())

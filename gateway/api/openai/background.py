@@ -39,7 +39,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nexa.responses.background")
 
-HOST = socket.gethostname()
+
+
+def _host_identity() -> str:
+    """This host *and* pid namespace: only there may a pid be looked up. Containers sharing a hostname
+    (`hostNetwork`, `--network host`) each have their own pids; so may two machines' root namespaces."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(open("/proc/sys/kernel/random/boot_id").read().strip()[:8])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "@".join(parts)
+
+
+HOST = _host_identity()
 PROCESS = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # who owns the jobs started here; new on every start
 LEASE_S = 30.0  # a job's owner renews its lease every third of this; a lapsed lease means a dead owner
 EVENTS_MAX = 10000  # events kept per response (memory while it runs, the store once finished); the oldest go
@@ -62,6 +74,7 @@ class Job:
         self.first = 0  # the sequence number of events[0] (the oldest are dropped past EVENTS_MAX)
         self.done = False
         self.shutdown = False  # cancelled by a gateway shutdown, not by a client: ends `failed`
+        self.ending = False  # its end is being stored: a cancel or a shutdown waits for it instead
         self.task: asyncio.Task | None = None
         self.stored = asyncio.Event()  # its record is in the store: the job may write it
         self._wake = asyncio.Event()
@@ -154,11 +167,17 @@ async def _run(job: Job, opener: Opener, remember: Remember) -> None:
         turn.response.model = handle.name
         turn.response.status = "in_progress"
         job.publish(turn.event("response.in_progress", response=turn.dump()))
-        await _write(job, turn.dump(), meta())
+        try:
+            await _write(job, turn.dump(), meta())
+        except Exception as exc:  # noqa: BLE001 - a store blip (a failover) must not fail the generation
+            log.warning("background response %s: could not store in_progress: %s", job.id, exc,
+                        extra={"event": "background_store_failed", "response_id": job.id})
         async for event in generate(turn, first, deltas, keep):
             job.publish(event)
     except asyncio.CancelledError:
-        if job.shutdown:
+        if turn.finished:
+            pass  # the answer was complete when the cancel came: it stands, as OpenAI answers a finished one
+        elif job.shutdown:
             job.error = "shutdown"
             job.publish(turn.fail(RuntimeError("the gateway shut down before this background response finished")))
         else:
@@ -167,6 +186,7 @@ async def _run(job: Job, opener: Opener, remember: Remember) -> None:
         job.publish(turn.fail(exc))
     finally:
         beat.cancel()
+    job.ending = True
     await _end(job)
 
 
@@ -247,7 +267,7 @@ def _dead(response_id: str, background: dict[str, Any]) -> bool:
     if host != HOST or not pid.isdigit():
         return False
     if int(pid) == os.getpid():
-        return True  # this host's previous gateway, with the same pid (a restarted container)
+        return True  # an earlier gateway in this pid namespace, whose pid this one now has
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -283,9 +303,13 @@ async def cancel(store: Store, who: str, record: dict[str, Any]) -> dict[str, An
     response_id = record["response"]["id"]
     job = JOBS.get(response_id)
     if job is not None:
-        job.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        if not job.ending:  # one whose end is being stored has ended: it is answered as it ends
+            job.task.cancel()
+        try:
             await asyncio.shield(job.task)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # this request was cancelled (its client left), not the job
+                raise
         if job.task.cancelled():  # cancelled before its first step: `_run` never ran to store its end
             job.turn.response.status = "cancelled"
             await _end(job)
@@ -363,8 +387,9 @@ async def drain(grace_s: float) -> None:
     await asyncio.wait([job.task for job in jobs], timeout=grace_s / 2)
     left = [job for job in jobs if not job.task.done()]
     for job in left:
-        job.shutdown = True
-        job.task.cancel()
+        if not job.ending:  # one storing its end finishes that (the wait below)
+            job.shutdown = True
+            job.task.cancel()
     if left:
         log.warning("shutdown: %d background response(s) stopped unfinished", len(left),
                     extra={"event": "background_stopped"})
