@@ -101,7 +101,11 @@ def save_for_restart(ctx: Any, seq: int, tokens: Any, boundary: int, cache: Prom
     """An engine about to close saves what sequence `seq` holds when its cache goes to disk: the conversation
     it served last is otherwise only in the context, and would be prefilled again after the restart."""
     if cache is not None and cache.store is not None and len(tokens):
-        save(ctx, seq, tokens, 0, boundary, cache)
+        try:
+            save(ctx, seq, tokens, 0, boundary, cache)
+        except Exception as exc:  # noqa: BLE001 - a close never fails for this: the model must still be freed
+            log.warning("prompt cache: could not keep sequence %d for the restart: %s", seq, exc,
+                        extra={"event": "prompt_cache_save_failed", "reason": str(exc)})
 
 
 def reused(held: int, prompt: int, exact_live: bool) -> int:

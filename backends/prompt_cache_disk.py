@@ -30,6 +30,7 @@ import os
 import struct
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ def write_entry(path: Path, fingerprint_digest: str, tokens: Any, data: Any, siz
     header = json.dumps({"format": FORMAT, "fingerprint": fingerprint_digest, "tokens": len(tokens),
                          "tokens_crc": zlib.crc32(tokens.tobytes()), "state_bytes": size,
                          "state_crc": zlib.crc32(state), "pos_min": pos_min}).encode()
-    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+    temporary = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")  # unique across containers (pid 1 each)
     try:
         with open(temporary, "wb") as out:
             out.write(MAGIC + _LENGTH.pack(len(header)) + header)
@@ -198,7 +199,7 @@ class Store:
                 continue
             try:
                 tokens, stored, pos_min = read_entry(self.directory / name, self.digest)
-            except (OSError, Damaged) as exc:
+            except (OSError, ValueError, Damaged) as exc:  # ValueError: a name with a NUL byte, bad numbers
                 self._warn(str(exc), name)
                 continue
             loaded += cache.put(tokens, None, stored.size, pos_min, stored=stored, counted=False)
@@ -232,7 +233,7 @@ class Store:
                     continue  # a lazy entry whose file went away
                 names.append(name)
             index = self.directory / INDEX
-            temporary = index.with_name(INDEX + f".{os.getpid()}.tmp")
+            temporary = index.with_name(INDEX + f".{uuid.uuid4().hex}.tmp")
             temporary.write_text(json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "entries": names}))
             os.replace(temporary, index)
             for path in self.directory.iterdir():

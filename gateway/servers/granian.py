@@ -181,7 +181,10 @@ def serve(manifest: Manifest, *, manifest_path: str | None = None, watch_files: 
         interface=Interfaces.RSGI,
         factory=True,
         workers=1,
-        workers_kill_timeout=max(1, int(server.shutdown_grace_s)),
+        # Granian kills a worker this long after asking it to stop. The worker's own bounds come one after the
+        # other: streams (the grace), background responses (about the grace), unloading (the grace) and the
+        # prompt cache's write: a kill at one grace cut the later steps short without a word.
+        workers_kill_timeout=max(1, int(3 * server.shutdown_grace_s) + 30),
         log_enabled=True,
         log_level=LogLevels(server.log_level),
         **options,
