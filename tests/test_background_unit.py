@@ -112,3 +112,20 @@ def test_a_cancel_that_comes_while_a_finished_job_stores_its_end_leaves_it_compl
             "nexa_background_responses_total", {"model": "unit-model-2", "outcome": "cancelled"}) in (None, 0)
 
     asyncio.run(scenario())
+
+
+def test_a_refusal_after_the_stream_began_is_an_error_event_not_a_cut_connection():
+    from gateway.http.core import HTTPError
+
+    async def refused_midway():
+        yield {"type": "response.created", "sequence_number": 0}
+        yield {"type": "response.queued", "sequence_number": 1}
+        raise HTTPError(400, "This stream fell too far behind.", code="invalid_request")
+
+    async def collect():
+        return [event async for event in background.in_band(refused_midway())]
+
+    events = asyncio.run(collect())
+    assert [e["type"] for e in events] == ["response.created", "response.queued", "error"]
+    assert events[-1]["sequence_number"] == 2 and events[-1]["code"] == "invalid_request"
+    assert "too far behind" in events[-1]["message"]

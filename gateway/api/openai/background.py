@@ -355,6 +355,20 @@ async def events(store: Store, who: str, record: dict[str, Any], after: int) -> 
         yield event
 
 
+async def in_band(events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """A background stream's events; a refusal found once its headers went out (a reader that fell too far
+    behind, a response deleted while a stream waited for it) ends it with the Responses API's `error` event
+    instead of a cut connection."""
+    last = -1
+    try:
+        async for event in events:
+            last = event.get("sequence_number", last)
+            yield event
+    except HTTPError as exc:
+        yield {"type": "error", "code": exc.code, "message": exc.message, "param": exc.param,
+               "sequence_number": last + 1}
+
+
 def forget(response_id: str) -> None:
     """Its record was deleted: stop its job if this process runs it (its end then writes nothing)."""
     job = JOBS.get(response_id)

@@ -226,7 +226,8 @@ async def create(gw: "Gateway", request: Request) -> Response | StreamResponse:
         job = await background.start(store, who, turn, lambda: opener(detached), remember, items, state.get("trace"))
         if not body.stream:
             return json_response(turn.dump())
-        return StreamResponse((_event(event) async for event in job.follow(-1)), headers=dict(SSE_HEADERS))
+        return StreamResponse((_event(event) async for event in background.in_band(job.follow(-1))),
+                              headers=dict(SSE_HEADERS))
 
     if body.stream:
         async def events() -> AsyncIterator[bytes]:
@@ -265,8 +266,8 @@ async def retrieve(gw: "Gateway", request: Request) -> Response | StreamResponse
         raise HTTPError(400, "starting_after must be an integer (a sequence number).", param="starting_after",
                         code="invalid_value") from None
     background.replayable(found, after)
-    return StreamResponse((_event(event) async for event in background.events(store, who, found, after)),
-                          headers=dict(SSE_HEADERS))
+    events = background.in_band(background.events(store, who, found, after))
+    return StreamResponse((_event(event) async for event in events), headers=dict(SSE_HEADERS))
 
 
 async def delete(gw: "Gateway", request: Request) -> Response:
