@@ -69,13 +69,25 @@ SIDE_CALLS = [
 ]
 
 
+def ask(t: int) -> dict:
+    """The user's message of turn `t + 1` of the main conversation."""
+    return {"role": "user", "content": f"Turn {t}: what should we change next?"}
+
+
+def reply(t: int) -> dict:
+    """The agent's (scripted) answer to turn `t + 1`, kept in the history of the next turns."""
+    return {"role": "assistant", "content": f"I suggest we refactor module {t}."}
+
+
 def turn(client: httpx.Client, url: str, messages: list[dict], tools: bool, max_tokens: int) -> dict:
+    """One streamed request: timings, usage, and `text` (the content and tool-call fragments as streamed,
+    to compare greedy answers between sides: bench/agent_restart.py)."""
     body = {"model": "gemma", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     if tools:
         body["tools"] = TOOLS
     started = time.perf_counter()
-    first, usage = None, {}
+    first, usage, pieces = None, {}, []
     with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -86,12 +98,14 @@ def turn(client: httpx.Client, url: str, messages: list[dict], tools: bool, max_
             delta = ((data.get("choices") or [{}])[0].get("delta") or {})
             if first is None and (delta.get("content") or delta.get("tool_calls")):
                 first = time.perf_counter() - started
+            pieces.append(delta.get("content") or "")
+            pieces += [json.dumps(call.get("function") or {}) for call in delta.get("tool_calls") or []]
     total = time.perf_counter() - started
     first = first or total
     prompt = usage.get("prompt_tokens", 0)
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
     completion = usage.get("completion_tokens", 0)
-    return {"ttft": first, "prompt": prompt, "cached": cached, "completion": completion,
+    return {"ttft": first, "prompt": prompt, "cached": cached, "completion": completion, "text": "".join(pieces),
             "prefill_tps": (prompt - cached) / first if first else 0.0,
             "decode_tps": (completion - 1) / (total - first) if completion > 1 and total > first else 0.0}
 
@@ -107,13 +121,19 @@ def session(server: Process, size: int, turns: int, max_tokens: int) -> list[lis
                 side = turn(client, server.url, SIDE_CALLS[t % 2], tools=False, max_tokens=8)
             rows.append([f"side {t}", f"{side['ttft']:.2f}", side["prompt"], side["cached"],
                          f"{side['prefill_tps']:.0f}", f"{side['decode_tps']:.1f}"])
-        messages = messages + [{"role": "user", "content": f"Turn {t}: what should we change next?"}]
+        messages = messages + [ask(t)]
         with httpx.Client(timeout=900) as client:
             result = turn(client, server.url, messages, tools=True, max_tokens=max_tokens)
         rows.append([f"turn {t + 1}", f"{result['ttft']:.2f}", result["prompt"], result["cached"],
                      f"{result['prefill_tps']:.0f}", f"{result['decode_tps']:.1f}"])
-        messages = messages + [{"role": "assistant", "content": f"I suggest we refactor module {t}."}]
+        messages = messages + [reply(t)]
     return rows
+
+
+def gemma(nctx: int, threads: int) -> dict:
+    """The manifest entry every side of the session serves (`gemma` of the catalog, preloaded)."""
+    return {"name": "gemma", "source": "gemma", "nctx": nctx, "n_threads": threads,
+            "options": {"n_threads_batch": threads}, "preload": True, "timeout_s": 1800}
 
 
 def main() -> None:
@@ -126,8 +146,7 @@ def main() -> None:
     parser.add_argument("--sides", default="cache off,cache on", help="comma-separated: cache off, cache on, llama-server")
     parser.add_argument("--llama-server", help="path of llama.cpp's C++ llama-server binary, if built")
     args = parser.parse_args()
-    model = {"name": "gemma", "source": "gemma", "nctx": args.nctx, "n_threads": args.threads,
-             "options": {"n_threads_batch": args.threads}, "preload": True, "timeout_s": 1800}
+    model = gemma(args.nctx, args.threads)
 
     def gateway(**extra):
         return lambda: nexa("-c", str(write_manifest([{**model, **extra}])), port=free_port(), timeout=600)
